@@ -14,7 +14,6 @@ gradient, so that DDP's gradient *averaging* yields exactly the single-process g
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
@@ -96,11 +95,29 @@ def _use_distributed(distributed: DistributedOption) -> bool:
     raise ValueError(f"distributed must be True, False or 'auto'; got {distributed!r}.")
 
 
-def _all_reduce_sum(values: Tensor) -> Tensor:
-    """Autograd-aware sum over ranks: the backward all-reduces the incoming gradient too."""
-    from torch.distributed.nn.functional import all_reduce
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the incoming gradients over ranks too.
 
-    return all_reduce(values, op=dist.ReduceOp.SUM)
+    Every rank computes the same global loss, so each rank's gradient w.r.t. the summed statistic is
+    the same; summing them hands each rank's local rows ``world_size`` times their share, which DDP's
+    gradient averaging divides back out.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor) -> Tensor:  # noqa: D102
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        out = grad.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+def _all_reduce_sum(values: Tensor) -> Tensor:
+    return _AllReduceSum.apply(values)
 
 
 def _no_autocast(device: torch.device):
@@ -160,23 +177,21 @@ def draw_sketch(
 # ----------------------------------------------------------------------------------------------
 # strong SIGReg: sliced Epps-Pulley
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _folded_quadrature(num_points: int, t_max: float) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+def _folded_quadrature(num_points: int, t_max: float) -> tuple[list[float], list[float], bool]:
     """Positive knots of ``linspace(-t_max, t_max, num_points)`` and their folded trapezoid weights.
 
-    The integrand ``|ecf(t) - phi(t)|^2 phi(t)`` is even in t and is exactly 0 at t = 0, so the
-    seed's 17-point rule on [-5, 5] equals 8 knots on (0, 5] with doubled weights. Returns the knots,
-    the weights and whether the knots are the multiples ``h, 2h, ..., mh`` of the grid step.
+    The integrand ``|ecf(t) - phi(t)|^2 phi(t)`` is even in t and exactly 0 at t = 0, so the seed's
+    17-point rule on [-5, 5] equals 8 knots on (0, 5] with doubled weights (the endpoint keeps the
+    trapezoid's half weight, doubled). Returns the knots, the weights and whether the knots are the
+    multiples ``h, 2h, ..., mh`` of the grid step h (odd ``num_points``).
     """
-    grid = torch.linspace(-t_max, t_max, num_points, dtype=torch.float64)
     step = 2.0 * t_max / (num_points - 1)
-    weights = torch.full((num_points,), step, dtype=torch.float64)
-    weights[0] = weights[-1] = step / 2
-    positive = grid > 0
-    knots = grid[positive]
-    folded = 2.0 * weights[positive]
-    multiples = num_points % 2 == 1
-    return tuple(knots.tolist()), tuple(folded.tolist()), multiples
+    offset = 1.0 if num_points % 2 == 1 else 0.5
+    count = num_points // 2
+    knots = [(j + offset) * step for j in range(count)]
+    knots[-1] = t_max
+    weights = [2.0 * step] * (count - 1) + [step]
+    return knots, weights, num_points % 2 == 1
 
 
 def _cos_sin_powers(theta: Tensor, knots: Tensor, multiples: bool) -> tuple[Tensor, Tensor]:
