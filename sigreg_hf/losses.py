@@ -64,14 +64,15 @@ def _check_positive_int(value: object, name: str, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
-def _check_finite(values: Tensor, what: str) -> None:
+def _check_finite(loss: Tensor) -> None:
+    """Raise on a non-finite statistic: NaN/Inf anywhere in x propagates into it, so one scalar suffices."""
     # Data-dependent check: skipped while torch.compile traces (it would break the graph).
     if torch.compiler.is_compiling():
         return
-    if not bool(torch.isfinite(values).all()):
+    if not bool(torch.isfinite(loss)):
         raise ValueError(
-            f"{what} contains NaN or Inf values; SIGReg is undefined on them. Check the model's "
-            "activations (e.g. a diverging learning rate) or the input batch."
+            "SIGReg got a non-finite value: x contains NaN or Inf (or values so large that the statistic "
+            "overflows). Check the model's activations (e.g. a diverging learning rate) or the input batch."
         )
 
 
@@ -313,7 +314,8 @@ def sigreg_strong(
         generator: RNG for the directions. Under DDP it must produce the same draw on every rank.
         distributed: ``"auto"`` (global-batch statistic when a process group of size > 1 is
             initialised), True (require one) or False (local batch only).
-        check_finite: raise a ValueError on NaN/Inf inputs (one device sync per call).
+        check_finite: raise a ValueError when the statistic is not finite (NaN/Inf in x); one
+            scalar device sync per call.
 
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``.
@@ -339,8 +341,6 @@ def sigreg_strong(
                 )
             projection = projection.to(device=x.device, dtype=dtype)
         proj = samples @ projection
-        if check_finite:
-            _check_finite(proj, "x (or the projection)")
         knots_list, weights_list, multiples = _folded_quadrature(num_points, float(t_max))
         knots = torch.tensor(knots_list, device=x.device, dtype=dtype)
         weights = torch.tensor(weights_list, device=x.device, dtype=dtype)
@@ -354,7 +354,10 @@ def sigreg_strong(
         cos_mean, sin_mean = sums[0] / count, sums[1] / count  # [m, K]
         err = (cos_mean - phi.unsqueeze(1)).square() + sin_mean.square()
         per_slice = (weights * phi) @ err * count  # [K]
-        return per_slice.mean()
+        loss = per_slice.mean()
+    if check_finite:
+        _check_finite(loss)
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,8 +410,6 @@ def sigreg_weak(
                     f"sketch must be a [sketch_dim, C] = [k, {c}] matrix (applied as x @ sketch.T); got {shape}."
                 )
             samples = samples @ sketch.to(device=x.device, dtype=dtype).T
-        if check_finite:
-            _check_finite(samples, "x (or the sketch)")
         k = samples.shape[1]
         if use_dist:
             packed = _all_reduce_sum(
@@ -423,7 +424,10 @@ def sigreg_weak(
             second = centred.T @ centred
         cov = second / (count - 1 + 1e-6)
         eye = torch.eye(k, device=x.device, dtype=dtype)
-        return torch.linalg.matrix_norm(cov - eye, ord="fro")
+        loss = torch.linalg.matrix_norm(cov - eye, ord="fro")
+    if check_finite:
+        _check_finite(loss)
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
