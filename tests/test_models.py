@@ -469,3 +469,19 @@ def test_saved_folder_loads_with_trust_remote_code_without_sigreg_hf(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("OK") == 5, result.stdout
     assert Path(tmp_path / "modules_cache").is_dir()
+
+
+@pytest.mark.parametrize("name", ["vit_peak", "resnet18_cifar"])
+def test_from_pretrained_with_a_new_head_reinitialises_only_the_head(tmp_path, name):
+    model = small_model(name)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
+    head = "head" if name == "vit_peak" else "fc"
+    new_state, old_state = loaded.state_dict(), model.state_dict()
+    assert new_state[f"{head}.weight"].shape[0] == 3
+    w = new_state[f"{head}.weight"]
+    assert torch.isfinite(w).all() and 0 < w.abs().max() < 1.0
+    for key, value in old_state.items():
+        if not key.startswith(f"{head}."):
+            torch.testing.assert_close(new_state[key], value, rtol=0, atol=0)
+    assert loaded(images()).logits.shape == (2, 3)
