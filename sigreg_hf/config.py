@@ -1,0 +1,170 @@
+"""SIGRegConfig: ``transformers.TrainingArguments`` plus the SIGReg options.
+
+Every ``sigreg_*`` field parses from the command line and from YAML/JSON through
+``transformers.HfArgumentParser`` like any other training argument, e.g.::
+
+    parser = HfArgumentParser(SIGRegConfig)
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--sigreg_mode", "weak",
+                                                  "--sigreg_alpha", "0.1", "--sigreg_layers", "auto"])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["SIGRegConfig", "SIGREG_MODES", "SIGREG_POOLINGS", "SIGREG_WEIGHTINGS"]
+
+SIGREG_MODES = ("none", "weak", "strong")
+SIGREG_WEIGHTINGS = ("convex", "additive")
+SIGREG_POOLINGS = ("auto", "mean", "cls", "flatten", "none")
+
+
+def normalise_layers(layers: object) -> list[str]:
+    """Turn ``"auto"``, ``["auto"]``, a comma-separated string or a list of regexes into a list of regexes.
+
+    ``["auto"]`` stays ``["auto"]`` (resolved later against the model).
+    """
+    if layers is None:
+        return ["auto"]
+    if isinstance(layers, str):
+        items = [part.strip() for part in layers.split(",")] if "," in layers else [layers.strip()]
+    elif isinstance(layers, (list, tuple)):
+        items = []
+        for item in layers:
+            if not isinstance(item, str):
+                raise ValueError(
+                    f"sigreg_layers must be 'auto' or a list of module-name regexes (str); got item {item!r}."
+                )
+            items.append(item.strip())
+    else:
+        raise ValueError(
+            f"sigreg_layers must be 'auto' or a list of module-name regexes; got {type(layers).__name__}."
+        )
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError("sigreg_layers is empty; pass 'auto' or at least one module-name regex.")
+    if "auto" in items and len(items) > 1:
+        raise ValueError(f"sigreg_layers: 'auto' cannot be combined with explicit patterns; got {items!r}.")
+    return items
+
+
+@dataclass
+class SIGRegConfig(TrainingArguments):
+    """Training arguments for :class:`sigreg_hf.trainer.SIGRegTrainer`.
+
+    The regularised objective is ``(1 - a) * task + a * reg`` (``sigreg_weighting="convex"``, the seed's
+    rule) or ``task + a * reg`` (``"additive"``), where ``a`` is ``sigreg_alpha`` (linearly warmed up over
+    ``sigreg_warmup_steps`` optimiser steps) and ``reg`` is the mean over the tapped layers of the
+    strong or weak SIGReg statistic of each layer's hidden state pooled to ``[N, C]``.
+    ``sigreg_mode="none"`` trains exactly like the plain ``Trainer`` (no hooks, no extra terms).
+    """
+
+    sigreg_mode: str = field(
+        default="none",
+        metadata={
+            "help": "SIGReg statistic: 'none' (plain training), 'weak' (covariance) or 'strong' (ECF).",
+            "choices": list(SIGREG_MODES),
+        },
+    )
+    sigreg_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Weight a of the regulariser (paper: 0.1 weak, 0.01 strong on CIFAR-100)."},
+    )
+    sigreg_weighting: str = field(
+        default="convex",
+        metadata={
+            "help": "'convex': (1-a)*task + a*reg (the seed's rule); 'additive': task + a*reg.",
+            "choices": list(SIGREG_WEIGHTINGS),
+        },
+    )
+    sigreg_layers: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={
+            "help": "Module-name regexes (re.fullmatch on model.named_modules()) to tap, or 'auto' for "
+            "the architecture's preset (each residual/transformer block, each hidden Linear)."
+        },
+    )
+    sigreg_pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "Reduction of hidden states to [N, C]: 'auto' (per shape/architecture), 'mean', "
+            "'cls', 'flatten' or 'none' (already [N, C]).",
+            "choices": list(SIGREG_POOLINGS),
+        },
+    )
+    sigreg_sketch_dim: int = field(
+        default=64,
+        metadata={"help": "Sketch dimension k (weak) and number of random slices (strong)."},
+    )
+    sigreg_num_points: int = field(
+        default=17, metadata={"help": "Strong: trapezoid knots on [-t_max, t_max] (the seed's 17)."}
+    )
+    sigreg_t_max: float = field(
+        default=5.0, metadata={"help": "Strong: integration half-width (the seed's 5)."}
+    )
+    sigreg_warmup_steps: int = field(
+        default=0, metadata={"help": "Linear warm-up of alpha from 0 over this many optimiser steps."}
+    )
+    sigreg_log_per_layer: bool = field(
+        default=False, metadata={"help": "Also log sigreg_loss/<layer> for every tapped layer."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_sigreg_options(
+            mode=self.sigreg_mode,
+            alpha=self.sigreg_alpha,
+            weighting=self.sigreg_weighting,
+            pooling=self.sigreg_pooling,
+            sketch_dim=self.sigreg_sketch_dim,
+            num_points=self.sigreg_num_points,
+            t_max=self.sigreg_t_max,
+            warmup_steps=self.sigreg_warmup_steps,
+        )
+        self.sigreg_layers = normalise_layers(self.sigreg_layers)
+
+
+def validate_sigreg_options(
+    *,
+    mode: str,
+    alpha: float,
+    weighting: str,
+    pooling: str,
+    sketch_dim: int,
+    num_points: int,
+    t_max: float,
+    warmup_steps: int,
+) -> None:
+    """Raise a ValueError naming the bad option and its allowed values."""
+    if mode not in SIGREG_MODES:
+        raise ValueError(f"sigreg_mode must be one of {SIGREG_MODES}; got {mode!r}.")
+    if weighting not in SIGREG_WEIGHTINGS:
+        raise ValueError(f"sigreg_weighting must be one of {SIGREG_WEIGHTINGS}; got {weighting!r}.")
+    if pooling not in SIGREG_POOLINGS:
+        raise ValueError(f"sigreg_pooling must be one of {SIGREG_POOLINGS}; got {pooling!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"sigreg_alpha must be a finite number; got {alpha!r}.")
+    if weighting == "convex" and not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"sigreg_alpha must lie in [0, 1] for the convex weighting (1-a)*task + a*reg; got {alpha}. "
+            "Use sigreg_weighting='additive' for task + a*reg with a > 1."
+        )
+    if weighting == "additive" and alpha < 0:
+        raise ValueError(f"sigreg_alpha must be >= 0; got {alpha}.")
+    for name, value, minimum in (
+        ("sigreg_sketch_dim", sketch_dim, 1),
+        ("sigreg_num_points", num_points, 2),
+        ("sigreg_warmup_steps", warmup_steps, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    if (
+        isinstance(t_max, bool)
+        or not isinstance(t_max, (int, float))
+        or not math.isfinite(t_max)
+        or t_max <= 0
+    ):
+        raise ValueError(f"sigreg_t_max must be a positive finite number; got {t_max!r}.")

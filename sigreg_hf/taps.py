@@ -1,0 +1,535 @@
+"""SIGRegulariser: capture hidden states with forward hooks and turn them into a SIGReg loss.
+
+Usable with or without ``Trainer``::
+
+    reg = SIGRegulariser(model, mode="weak", layers="auto")
+    for step, batch in enumerate(loader):
+        with reg:                                    # hooks live only inside the block
+            out = model(**batch)
+            loss = (1 - 0.1) * out.loss + 0.1 * reg.loss(step=step)
+        loss.backward()
+
+Pieces (each public and small):
+
+* module selection: patterns are Python regexes matched with ``re.fullmatch`` against the names of
+  ``named_modules()`` of the *unwrapped* model (DDP/DataParallel ``.module``, FSDP1
+  ``_fsdp_wrapped_module``, activation-checkpoint wrappers and ``torch.compile``'s ``_orig_mod`` are
+  looked through); ``"auto"`` resolves to per-architecture presets (:func:`auto_taps`);
+* pooling of a hidden state to ``[N, C]`` (:func:`pool_hidden_state`);
+* the sketch randomness: :func:`step_generator` seeds a CPU ``torch.Generator`` from
+  ``(run seed, global step, layer index)``, so every rank draws the same matrices and a resumed run
+  draws exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from sigreg_hf.losses import sigreg_strong, sigreg_weak
+
+__all__ = [
+    "SIGRegulariser",
+    "auto_taps",
+    "first_tensor",
+    "pool_hidden_state",
+    "resolve_taps",
+    "sketch_seed",
+    "step_generator",
+    "unwrap_model",
+]
+
+Pooling = Literal["auto", "mean", "cls", "flatten", "none"]
+POOLINGS = ("auto", "mean", "cls", "flatten", "none")
+MODES = ("none", "weak", "strong")
+
+# Name components inserted by wrappers; removed so that patterns see the user's model's own names.
+_WRAPPER_COMPONENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+# Paper-style taps for transformers architectures, keyed by ``config.model_type``: (patterns, pooling).
+# Names checked with transformers 5.x (ViT blocks are ``vit.layers.N`` there, ``vit.encoder.layer.N`` in 4.x).
+_TRANSFORMERS_PRESETS: dict[str, tuple[list[str], str]] = {
+    # each residual block (BasicLayer / BottleNeckLayer), NCHW -> global average pool
+    "resnet": ([r"(?:resnet\.)?encoder\.stages\.\d+\.layers\.\d+"], "mean"),
+    # residual stream after each transformer block, mean over tokens (CLS included)
+    "vit": ([r"(?:vit\.)?(?:layers|encoder\.layer)\.\d+"], "mean"),
+    "bert": ([r"(?:bert\.)?encoder\.(?:layer|layers)\.\d+"], "mean"),
+    # causal LM: every token is a sample of the residual stream -> [B*L, D]
+    "gpt2": ([r"(?:transformer\.)?h\.\d+"], "flatten"),
+}
+
+_MASK64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# randomness
+# ----------------------------------------------------------------------------------------------
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sketch_seed(seed: int, step: int, layer_index: int) -> int:
+    """A 63-bit seed mixed from ``(seed, step, layer_index)`` (SplitMix64; distinct inputs decorrelate)."""
+    h = _splitmix64(int(seed) & _MASK64)
+    h = _splitmix64(h ^ (int(step) & _MASK64))
+    h = _splitmix64(h ^ (int(layer_index) & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+def step_generator(seed: int, step: int, layer_index: int) -> torch.Generator:
+    """A CPU generator seeded from ``(run seed, global step, layer index)``.
+
+    Identical on every rank (all ranks share the seed and the global step) and after a resume.
+    Matrices drawn from it are moved to the data's device by the losses.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(sketch_seed(seed, step, layer_index))
+    return generator
+
+
+# ----------------------------------------------------------------------------------------------
+# model plumbing
+# ----------------------------------------------------------------------------------------------
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Look through DDP / DataParallel / FSDP1 / ``torch.compile`` wrappers to the user's model."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        cls_name = type(model).__name__
+        if cls_name in ("FullyShardedDataParallel", "DeepSpeedEngine") and isinstance(
+            getattr(model, "module", None), nn.Module
+        ):
+            model = model.module
+            continue
+    return model
+
+
+def clean_module_name(name: str) -> str:
+    """Drop wrapper components (``_fsdp_wrapped_module``, ``_orig_mod``, ...) from a module name."""
+    if not any(component in name for component in _WRAPPER_COMPONENTS):
+        return name
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_COMPONENTS)
+
+
+def named_modules_clean(model: nn.Module) -> dict[str, nn.Module]:
+    """``{clean name: module}`` for the unwrapped model, in registration order (root excluded)."""
+    modules: dict[str, nn.Module] = {}
+    for name, module in unwrap_model(model).named_modules():
+        clean = clean_module_name(name)
+        if clean and clean not in modules:
+            modules[clean] = module
+    return modules
+
+
+def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(
+                f"sigreg layer pattern {pattern!r} is not a valid regular expression: {exc}"
+            ) from exc
+    return compiled
+
+
+def _available_listing(names: list[str], limit: int = 60) -> str:
+    shown = names[:limit]
+    more = f"\n  ... and {len(names) - limit} more" if len(names) > limit else ""
+    return "\n  ".join(shown) + more
+
+
+def resolve_taps(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Names of the modules of ``model`` that fully match any of ``patterns``, in model order.
+
+    Raises:
+        ValueError: a pattern matches no module; the message lists the module names available.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    modules = named_modules_clean(model)
+    names = list(modules)
+    compiled = _compile(list(patterns))
+    unmatched = [p.pattern for p in compiled if not any(p.fullmatch(name) for name in names)]
+    if unmatched:
+        raise ValueError(
+            f"sigreg layer pattern(s) {unmatched} match no module of {type(unwrap_model(model)).__name__} "
+            "(patterns are regexes matched with re.fullmatch against model.named_modules() names). "
+            f"Available module names:\n  {_available_listing(names)}"
+        )
+    return [name for name in names if any(p.fullmatch(name) for p in compiled)]
+
+
+def _is_timm_model(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("timm.")
+
+
+def _timm_block_patterns(model: nn.Module, prefix: str) -> list[str] | None:
+    """Each block of a timm model: ``blocks.N`` (ViT-like), ``stages.N.blocks.M`` or ``layerK.N`` (ResNet)."""
+    p = re.escape(prefix + ".") if prefix else ""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
+        return [p + r"blocks\.\d+"]
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
+        if all(
+            isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages
+        ):
+            return [p + r"stages\.\d+\.blocks\.\d+"]
+        return [p + r"stages\.\d+"]
+    if all(isinstance(getattr(model, f"layer{i}", None), nn.Sequential) for i in range(1, 5)):
+        return [p + r"layer[1-4]\.\d+"]
+    return None
+
+
+def _mlp_hidden_linears(model: nn.Module) -> list[str] | None:
+    """Every Linear except the last one, if all parameterised leaves are Linear layers (a plain MLP)."""
+    modules = named_modules_clean(model)
+    leaves = {name: m for name, m in modules.items() if not list(m.children())}
+    with_params = {name: m for name, m in leaves.items() if any(True for _ in m.parameters(recurse=False))}
+    if len(with_params) < 2 or not all(isinstance(m, nn.Linear) for m in with_params.values()):
+        return None
+    linears = list(with_params)
+    return [re.escape(name) for name in linears[:-1]]
+
+
+def _largest_block_list(model: nn.Module) -> list[str] | None:
+    """Generic fallback: the ModuleList/Sequential with the most same-class, non-leaf children."""
+    best: tuple[int, str] | None = None
+    for name, module in named_modules_clean(model).items():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
+            continue
+        children = list(module.children())
+        if len({type(c) for c in children}) != 1 or not list(children[0].children()):
+            continue
+        if best is None or len(children) > best[0]:
+            best = (len(children), name)
+    return None if best is None else [re.escape(best[1]) + r"\.\d+"]
+
+
+def auto_taps(model: nn.Module) -> tuple[list[str], str]:
+    """The paper-style taps of ``model``: ``(patterns, pooling)``.
+
+    In order: the model class's ``sigreg_tap_patterns`` / ``sigreg_tap_pooling`` attributes; presets
+    for transformers ResNet (each residual block), ViT / BERT (each transformer block), GPT-2 (each
+    block, tokens flattened); a timm model (also inside ``TimmWrapperForImageClassification``: each of
+    its blocks); a plain MLP (each hidden Linear, i.e. pre-activations); otherwise the longest list
+    of identical blocks.
+
+    Raises:
+        ValueError: no preset applies; the message lists the module names to choose from.
+    """
+    base = unwrap_model(model)
+    patterns = getattr(type(base), "sigreg_tap_patterns", None)
+    if patterns:
+        return list(patterns), str(getattr(type(base), "sigreg_tap_pooling", "auto"))
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
+    if model_type in _TRANSFORMERS_PRESETS:
+        found, pooling = _TRANSFORMERS_PRESETS[model_type]
+        return list(found), pooling
+    if _is_timm_model(base):
+        found = _timm_block_patterns(base, "")
+        if found:
+            return found, "auto"
+    for name, module in named_modules_clean(base).items():
+        if name.count(".") == 0 and _is_timm_model(module):  # e.g. TimmWrapper's ``timm_model``
+            found = _timm_block_patterns(module, name)
+            if found:
+                return found, "auto"
+    found = _mlp_hidden_linears(base)
+    if found:
+        return found, "none"
+    found = _largest_block_list(base)
+    if found:
+        return found, "auto"
+    raise ValueError(
+        f"sigreg_layers='auto' has no preset for {type(base).__name__}: pass module-name regexes "
+        "(sigreg_layers=[...]) or set the class attribute sigreg_tap_patterns. Available module names:\n  "
+        + _available_listing(list(named_modules_clean(base)))
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# pooling
+# ----------------------------------------------------------------------------------------------
+def first_tensor(output: Any) -> Tensor | None:
+    """A module output's hidden state: the tensor itself, or the first tensor of a tuple/ModelOutput."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        values = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        return None
+    for value in values:
+        found = first_tensor(value) if not isinstance(value, Tensor) else value
+        if found is not None:
+            return found
+    return None
+
+
+def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
+    """Reduce a hidden state to ``[N, C]``.
+
+    * ``[B, C, H, W]`` feature maps: average over H, W (``"auto"``/``"mean"``); ``"flatten"`` makes
+      every position a sample, ``[B*H*W, C]``;
+    * ``[B, L, D]`` tokens: mean over tokens (``"auto"``/``"mean"``), the first token (``"cls"``) or
+      every token a sample (``"flatten"``, ``[B*L, D]``);
+    * ``[B, D]``: as is (any pooling);
+    * ``"none"``: the tensor must already be ``[N, C]``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+    if x.dim() == 2:
+        return x
+    if pooling == "none":
+        raise ValueError(
+            f"pooling='none' needs [N, C] hidden states; got shape {tuple(x.shape)}. "
+            "Use 'auto', 'mean', 'cls' or 'flatten'."
+        )
+    if x.dim() == 3:
+        if pooling in ("auto", "mean"):
+            return x.mean(dim=1)
+        if pooling == "cls":
+            return x[:, 0]
+        return x.reshape(-1, x.shape[-1])
+    if x.dim() >= 4:
+        if pooling == "cls":
+            raise ValueError(
+                f"pooling='cls' applies to token states [B, L, D]; got a feature map {tuple(x.shape)}."
+            )
+        if pooling in ("auto", "mean"):
+            return x.flatten(2).mean(dim=2)
+        return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
+    raise ValueError(f"cannot pool a hidden state of shape {tuple(x.shape)} to [N, C].")
+
+
+# ----------------------------------------------------------------------------------------------
+# the regulariser
+# ----------------------------------------------------------------------------------------------
+_OPTION_NAMES = ("mode", "layers", "pooling", "sketch_dim", "num_points", "t_max", "seed")
+
+
+class SIGRegulariser:
+    """Forward hooks on named modules + the SIGReg loss of what they captured.
+
+    Args:
+        model: the model (possibly wrapped by DDP/FSDP/``torch.compile``; hooks go on the unwrapped
+            modules, which also fire under the wrappers).
+        config: a :class:`sigreg_hf.config.SIGRegConfig` (or anything with ``sigreg_*`` attributes and
+            ``seed``); keyword options override it.
+        mode: ``"weak"``, ``"strong"`` or ``"none"`` (capture only; :meth:`loss` then raises).
+        layers: ``"auto"`` or a list of regexes (``re.fullmatch`` on ``named_modules()`` names).
+        pooling: ``"auto"`` (per shape, or the preset's choice), ``"mean"``, ``"cls"``, ``"flatten"``
+            or ``"none"``.
+        sketch_dim: weak sketch dimension k and number of strong slices.
+        num_points, t_max: the strong statistic's quadrature.
+        seed: run seed of the sketch generator (with the step and the layer index).
+        distributed: passed to the losses (``"auto"``: global-batch statistic under torch.distributed).
+        check_finite: raise on NaN/Inf hidden states.
+
+    Hooks are registered on ``__enter__`` (or :meth:`attach`) and removed on ``__exit__``
+    (or :meth:`detach`), even when the block raises.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any = None,
+        *,
+        mode: str | None = None,
+        layers: str | list[str] | None = None,
+        pooling: str | None = None,
+        sketch_dim: int | None = None,
+        num_points: int | None = None,
+        t_max: float | None = None,
+        seed: int | None = None,
+        distributed: bool | Literal["auto"] = "auto",
+        check_finite: bool = True,
+    ) -> None:
+        from sigreg_hf.config import normalise_layers
+
+        options: dict[str, Any] = {
+            "mode": "weak",
+            "layers": ["auto"],
+            "pooling": "auto",
+            "sketch_dim": 64,
+            "num_points": 17,
+            "t_max": 5.0,
+            "seed": 0,
+        }
+        if config is not None:
+            for name in _OPTION_NAMES:
+                attr = "seed" if name == "seed" else f"sigreg_{name}"
+                if hasattr(config, attr):
+                    options[name] = getattr(config, attr)
+        given = {
+            "mode": mode,
+            "layers": layers,
+            "pooling": pooling,
+            "sketch_dim": sketch_dim,
+            "num_points": num_points,
+            "t_max": t_max,
+            "seed": seed,
+        }
+        options.update({k: v for k, v in given.items() if v is not None})
+        if options["mode"] not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {options['mode']!r}.")
+        if options["pooling"] not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {options['pooling']!r}.")
+        for name, minimum in (("sketch_dim", 1), ("num_points", 2)):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+        self.model = model
+        self.mode: str = options["mode"]
+        self.sketch_dim: int = options["sketch_dim"]
+        self.num_points: int = options["num_points"]
+        self.t_max: float = float(options["t_max"])
+        self.seed: int = int(options["seed"])
+        self.distributed = distributed
+        self.check_finite = check_finite
+
+        patterns = normalise_layers(options["layers"])
+        preset_pooling = "auto"
+        if patterns == ["auto"]:
+            patterns, preset_pooling = auto_taps(model)
+        self.patterns: list[str] = list(patterns)
+        self.pooling: str = options["pooling"] if options["pooling"] != "auto" else preset_pooling
+        self.layer_names: list[str] = resolve_taps(model, self.patterns)
+
+        self._handles: list[Any] = []
+        self._captured: dict[str, Tensor] = {}
+        self._calls = 0
+        self.layer_losses: dict[str, Tensor] = {}
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def attach(self) -> SIGRegulariser:
+        """Register the forward hooks (idempotent) and clear anything captured before."""
+        if self._handles:
+            return self
+        self._captured.clear()
+        modules = named_modules_clean(self.model)
+        for name in self.layer_names:
+            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks and drop the captured tensors (and their graphs)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._captured.clear()
+
+    @property
+    def is_attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> SIGRegulariser:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is not None:
+                self._captured[name] = tensor
+
+        return hook
+
+    @property
+    def captured(self) -> dict[str, Tensor]:
+        """The raw outputs captured by the hooks during the last forward, by module name."""
+        return dict(self._captured)
+
+    def clear(self) -> None:
+        """Forget captured tensors (e.g. between two forwards inside one ``with`` block)."""
+        self._captured.clear()
+
+    # -- loss -----------------------------------------------------------------------------------
+    def select_hidden_states(self, captured: dict[str, Tensor], outputs: Any = None) -> dict[str, Tensor]:
+        """Choose the tensors to regularise: ``{name: tensor}``; override to use others.
+
+        The default returns ``captured`` (the hooked modules' outputs, in model order). A subclass may
+        return any tensors instead, e.g. from the model's outputs::
+
+            class LastHidden(SIGRegulariser):
+                def select_hidden_states(self, captured, outputs=None):
+                    return {"last": outputs.hidden_states[-1]}
+
+        Each returned tensor is pooled with :func:`pool_hidden_state` (``self.pooling``); the dict
+        order fixes each layer's index in the sketch seed.
+        """
+        return captured
+
+    def pooled(self, outputs: Any = None) -> dict[str, Tensor]:
+        """The selected hidden states reduced to ``[N, C]``, by name."""
+        selected = self.select_hidden_states(dict(self._captured), outputs)
+        if not selected:
+            raise RuntimeError(
+                "SIGRegulariser captured no hidden states: run the model's forward inside "
+                "`with regulariser:` (or after attach()), and check that the tapped modules "
+                f"{self.layer_names} are used by forward."
+            )
+        return {name: pool_hidden_state(tensor, self.pooling) for name, tensor in selected.items()}
+
+    def layer_loss(self, x: Tensor, *, step: int, layer_index: int) -> Tensor:
+        """The chosen statistic of one ``[N, C]`` hidden state, with the (seed, step, layer) generator."""
+        generator = step_generator(self.seed, step, layer_index)
+        common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite}
+        if self.mode == "strong":
+            return sigreg_strong(
+                x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max, **common
+            )
+        return sigreg_weak(x, sketch_dim=self.sketch_dim, **common)
+
+    def loss(self, outputs: Any = None, *, step: int | None = None) -> Tensor:
+        """Mean over the selected layers of the statistic (float32 0-dim tensor).
+
+        Args:
+            outputs: the model's outputs, handed to :meth:`select_hidden_states`.
+            step: the global (optimiser) step seeding the sketches; when None, the number of previous
+                ``loss()`` calls is used. Under DDP pass the global step so all ranks agree.
+
+        Per-layer values (with their graphs) are left in :attr:`layer_losses`.
+        """
+        if self.mode == "none":
+            raise ValueError(
+                "SIGRegulariser(mode='none') only captures; use mode='weak' or 'strong' for loss()."
+            )
+        if step is None:
+            step = self._calls
+        self._calls += 1
+        pooled = self.pooled(outputs)
+        losses = {
+            name: self.layer_loss(x, step=step, layer_index=index)
+            for index, (name, x) in enumerate(pooled.items())
+        }
+        self.layer_losses = losses
+        values = list(losses.values())
+        device = values[0].device
+        return torch.stack([v.to(device) for v in values]).mean()
+
+    def __repr__(self) -> str:
+        return (
+            f"SIGRegulariser(mode={self.mode!r}, pooling={self.pooling!r}, sketch_dim={self.sketch_dim}, "
+            f"layers={self.layer_names})"
+        )
