@@ -91,33 +91,42 @@ def make_inputs(n: int, c: int, device: str) -> tuple[torch.Tensor, torch.Tensor
 # ----------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------
-def time_fwd_bwd(fn: LossFn, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one forward+backward w.r.t. x."""
-    cuda = x.device.type == "cuda"
-    times = []
-    for i in range(repeats + 1):
-        leaf = x.detach().clone().requires_grad_(True)
-        if cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(leaf).backward()
-            end.record()
-            torch.cuda.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn(leaf).backward()
-            elapsed = time.perf_counter() - t0
-        if i > 0:  # the first call is a warm-up
-            times.append(elapsed)
-    return statistics.median(times)
+def _one_fwd_bwd(fn: LossFn, x: torch.Tensor) -> float:
+    leaf = x.detach().clone().requires_grad_(True)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(leaf).backward()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn(leaf).backward()
+    return time.perf_counter() - t0
+
+
+def time_fwd_bwd(fns: dict[str, LossFn], x: torch.Tensor, repeats: int, slow: tuple[str, ...] = ()) -> dict[str, float]:
+    """Median seconds of one forward+backward w.r.t. x, for each implementation.
+
+    Implementations are interleaved round by round (after one warm-up call each), so a change in
+    background load hits all of them alike. Names in ``slow`` run in every third round only.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        _one_fwd_bwd(fn, x)
+    for round_index in range(repeats):
+        for name, fn in fns.items():
+            if name in slow and round_index % 3 and len(samples[name]) >= 2:
+                continue
+            samples[name].append(_one_fwd_bwd(fn, x))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def repeats_for(n: int, c: int, quick: bool) -> int:
     if quick:
         return 3
-    return 15 if n * c <= 2_000_000 else 7
+    return 21 if n * c <= 2_000_000 else 11
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,8 +224,11 @@ def run(device: str, quick: bool, memory: bool, shapes: list[tuple[int, int]]) -
             impls = strong_implementations(projection) if loss == "strong" else weak_implementations(sketch)
             values = check_agreement(impls, x)
             reps = repeats_for(n, c, quick)
-            times = {name: time_fwd_bwd(fn, x, reps if name != "seed" else max(3, reps // 3)) for name, fn in impls.items()}
-            floor = time_fwd_bwd(floor_implementation(projection), x, reps) if loss == "strong" else None
+            timed = dict(impls)
+            if loss == "strong":
+                timed["floor"] = floor_implementation(projection)
+            times = time_fwd_bwd(timed, x, reps, slow=("seed",))
+            floor = times.get("floor")
             for name in impls:
                 peak = measure_peak(loss, name, n, c, device) / 2**20 if memory else float("nan")
                 row = (

@@ -195,23 +195,17 @@ def _folded_quadrature(num_points: int, t_max: float) -> tuple[list[float], list
     return knots, weights, num_points % 2 == 1
 
 
-def _cos_sin_powers(theta: Tensor, knots: Tensor, multiples: bool) -> tuple[Tensor, Tensor]:
-    """``cos(t_j * theta)`` and ``sin(t_j * theta)`` as ``[m, rows, K]`` buffers.
+def _harmonics(theta: Tensor, knots: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """Fill ``cos``/``sin`` (``[m, rows, K]``) with ``cos(t_j theta)`` and ``sin(t_j theta)``.
 
-    When the knots are the multiples 1..m of a step h, only ``cos(h theta)`` and ``sin(h theta)`` are
-    evaluated; higher harmonics come from exact angle-addition doubling (log2(m) stages of real
-    complex-multiplication), which is several times cheaper than m sin/cos evaluations.
+    On the uniform grid (knots ``h, 2h, ..., mh``) only ``cos(h theta)`` and ``sin(h theta)`` are
+    evaluated; the higher harmonics come from exact angle-addition doubling (log2(m) stages of real
+    complex multiplication), several times cheaper than m sin/cos evaluations.
     """
     m = knots.numel()
-    if not multiples:
-        args = knots.view(m, 1, 1) * theta.unsqueeze(0)
-        return torch.cos(args), torch.sin(args)
-    rows, k = theta.shape
-    cos = theta.new_empty(m, rows, k)
-    sin = theta.new_empty(m, rows, k)
-    base = theta * knots[0]
-    torch.cos(base, out=cos[0])
-    torch.sin(base, out=sin[0])
+    torch.mul(theta, knots[0], out=cos[0])
+    torch.sin(cos[0], out=sin[0])
+    cos[0].cos_()
     have = 1
     while have < m:
         grow = min(have, m - have)
@@ -224,38 +218,80 @@ def _cos_sin_powers(theta: Tensor, knots: Tensor, multiples: bool) -> tuple[Tens
         torch.mul(s_lo, c_top, out=s_new)
         s_new.addcmul_(c_lo, s_top)
         have += grow
-    return cos, sin
 
 
-def _row_chunks(n: int, m: int, k: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, m * k))
+def _direct_harmonics(theta: Tensor, knots: Tensor) -> tuple[Tensor, Tensor]:
+    """``cos(t_j theta)`` and ``sin(t_j theta)`` for a non-uniform grid (even ``num_points``)."""
+    args = knots.view(-1, 1, 1) * theta.unsqueeze(0)
+    return torch.cos(args), torch.sin(args)
+
+
+def _rows_per_chunk(n: int, m: int, k: int) -> int:
+    return min(n, max(1, _CHUNK_ELEMENTS // max(1, m * k)))
 
 
 def _characteristic_sums_forward(proj: Tensor, knots: Tensor, multiples: bool) -> Tensor:
     n, k = proj.shape
     m = knots.numel()
     sums = proj.new_zeros(2, m, k)
-    step = _row_chunks(n, m, k)
+    step = _rows_per_chunk(n, m, k)
+    cos_work, sin_work = proj.new_empty(m, step, k), proj.new_empty(m, step, k)  # reused by every chunk
     for start in range(0, n, step):
-        cos, sin = _cos_sin_powers(proj[start : start + step], knots, multiples)
+        theta = proj[start : start + step]
+        if multiples:
+            cos, sin = cos_work[:, : theta.shape[0]], sin_work[:, : theta.shape[0]]
+            _harmonics(theta, knots, cos, sin)
+        else:
+            cos, sin = _direct_harmonics(theta, knots)
         sums[0] += cos.sum(dim=1)
         sums[1] += sin.sum(dim=1)
     return sums
 
 
 def _characteristic_sums_backward(proj: Tensor, knots: Tensor, multiples: bool, grad: Tensor) -> Tensor:
-    # d/dp sum_n cos(t p_n) = -t sin(t p),  d/dp sum_n sin(t p_n) = t cos(t p)
+    """``d/dp`` of ``sum_j gC_j sum_n cos(t_j p_n) + gS_j sum_n sin(t_j p_n)``, recomputed chunk by chunk.
+
+    Per element that is the trigonometric polynomial ``sum_j t_j (gS_j cos(t_j p) - gC_j sin(t_j p))``.
+    On the uniform grid it is evaluated by Clenshaw's recurrence in ``u = cos(h p)``, which needs
+    only ``[2, rows, K]`` buffers and one sin/cos pair per element.
+    """
     n, k = proj.shape
     m = knots.numel()
-    coef_cos = (knots.view(m, 1) * grad[1]).unsqueeze(1)  # multiplies cos(t p)
-    coef_sin = (-knots.view(m, 1) * grad[0]).unsqueeze(1)  # multiplies sin(t p)
+    coef_cos = knots.view(m, 1) * grad[1]  # multiplies cos(t_j p)
+    coef_sin = -knots.view(m, 1) * grad[0]  # multiplies sin(t_j p)
     out = torch.empty_like(proj)
-    step = _row_chunks(n, m, k)
+    step = _rows_per_chunk(n, m, k)
+    if not multiples:
+        for start in range(0, n, step):
+            cos, sin = _direct_harmonics(proj[start : start + step], knots)
+            cos.mul_(coef_cos.unsqueeze(1))
+            cos.addcmul_(sin, coef_sin.unsqueeze(1))
+            torch.sum(cos, dim=0, out=out[start : start + step])
+        return out
+    coef = torch.stack([coef_cos, coef_sin], dim=1).unsqueeze(2)  # [m, 2, 1, K]
+    cos_work, sin_work, twice_cos_work = (proj.new_empty(step, k) for _ in range(3))
+    b_work = [proj.new_empty(2, step, k) for _ in range(3)]
     for start in range(0, n, step):
-        cos, sin = _cos_sin_powers(proj[start : start + step], knots, multiples)
-        cos.mul_(coef_cos)
-        cos.addcmul_(sin, coef_sin)
-        torch.sum(cos, dim=0, out=out[start : start + step])
+        theta = proj[start : start + step]
+        rows = theta.shape[0]
+        cos1, sin1, twice_cos = cos_work[:rows], sin_work[:rows], twice_cos_work[:rows]
+        torch.mul(theta, knots[0], out=cos1)
+        torch.sin(cos1, out=sin1)
+        cos1.cos_()
+        torch.mul(cos1, 2.0, out=twice_cos)
+        # b_j = coef_j + 2u b_{j+1} - b_{j+2}, for j = m..1, both series at once
+        later, current, spare = (b[:, :rows] for b in b_work)
+        later.zero_()  # b_{m+1}
+        current.copy_(coef[m - 1].expand(2, rows, k))  # b_m
+        for j in range(m - 2, -1, -1):
+            torch.addcmul(coef[j], current, twice_cos, out=spare)
+            spare.sub_(later)
+            later, current, spare = current, spare, later
+        # sum_j a_j cos(j th) = cos(th) b_1 - b_2;  sum_j c_j sin(j th) = sin(th) b_1
+        block = out[start : start + step]
+        torch.mul(cos1, current[0], out=block)
+        block.sub_(later[0])
+        block.addcmul_(sin1, current[1])
     return out
 
 
