@@ -220,6 +220,7 @@ def run(device: str, quick: bool, memory: bool, shapes: list[tuple[int, int]]) -
             header += " ours / floor (time) |"
         out += [header, "|" + "---|" * (header.count("|") - 1)]
         for n, c in shapes:
+            first_row = len(out)
             x, projection, sketch = make_inputs(n, c, device)
             impls = strong_implementations(projection) if loss == "strong" else weak_implementations(sketch)
             values = check_agreement(impls, x)
@@ -247,7 +248,7 @@ def run(device: str, quick: bool, memory: bool, shapes: list[tuple[int, int]]) -
                         f"**{times[fastest] / times['sigreg_hf']:.2f}x faster** | | |"
                         f" floor {floor * 1e3:.2f} ms |"
                     )
-            print("\n".join(out[-len(impls) - 1 :]), flush=True)
+            print("\n".join(out[first_row:]), flush=True)
         out.append("")
     return "\n".join(out)
 
