@@ -1,0 +1,121 @@
+"""The 27 recipes: they exist, load, and carry the reference settings of their table row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sigreg_hf.recipes import (
+    PUBLISHED_TOP1,
+    RECIPE_NAME_RE,
+    RecipeError,
+    list_recipes,
+    load_recipe,
+    validate_recipe,
+)
+
+ALL = sorted(PUBLISHED_TOP1)
+
+#: The seed's tables, row by row: (model, optimiser, CutMix/MixUp, SIGReg, epochs, top-1).
+SEED_TABLE = [
+    ("resnet18", "sgd", False, "none", 1600, 79.03), ("resnet18", "sgd", False, "strong", 1600, 78.86),
+    ("resnet18", "sgd", False, "weak", 1600, 79.42), ("resnet18", "sgd", True, "none", 400, 82.13),
+    ("resnet18", "sgd", True, "strong", 400, 81.18), ("resnet18", "sgd", True, "weak", 400, 82.13),
+    ("vit", "adamw", True, "none", 400, 20.73), ("vit", "adamw", True, "strong", 400, 70.20),
+    ("vit", "adamw", True, "weak", 400, 72.02), ("vit", "muon", False, "none", 400, 58.77),
+    ("vit", "muon", False, "strong", 400, 63.16), ("vit", "muon", False, "weak", 400, 67.52),
+    ("vit", "muon", True, "none", 400, 62.44), ("vit", "muon", True, "strong", 400, 74.34),
+    ("vit", "muon", True, "weak", 400, 74.56), ("vitpeak", "adamw", True, "none", 400, 70.76),
+    ("vitpeak", "adamw", True, "strong", 400, 72.71), ("vitpeak", "adamw", True, "weak", 400, 71.65),
+    ("vitpeak", "muon", True, "none", 400, 75.87), ("vitpeak", "muon", True, "strong", 400, 76.98),
+    ("vitpeak", "muon", True, "weak", 400, 76.24), ("mlp", "sgd", False, "none", 400, 26.77),
+    ("mlp", "sgd", False, "strong", 400, 35.99), ("mlp", "sgd", False, "weak", 400, 42.17),
+    ("mlp", "sgd", True, "none", 400, 38.08), ("mlp", "sgd", True, "strong", 400, 38.70),
+    ("mlp", "sgd", True, "weak", 400, 38.40),
+]  # fmt: skip
+
+
+def _name(model: str, opt: str, mix: bool, mode: str) -> str:
+    return f"{model}_{opt}{'_mix' if mix else ''}_{mode}"
+
+
+def test_all_27_recipes_exist_and_nothing_else() -> None:
+    names = list_recipes()
+    assert len(names) == 27 and names == ALL
+    assert all(RECIPE_NAME_RE.fullmatch(n) for n in names)
+    assert sorted(_name(*row[:4]) for row in SEED_TABLE) == ALL
+
+
+@pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: _name(*r[:4]))
+def test_recipe_matches_seed_table_row(row: tuple) -> None:
+    model, opt, mix, mode, epochs, top1 = row
+    r = load_recipe(_name(model, opt, mix, mode))
+    assert r["published_top1"] == top1
+    assert r["num_train_epochs"] == epochs
+    assert r["mix"] is mix and r["optimizer"] == opt
+    assert r["per_device_train_batch_size"] == 128
+    assert r["sigreg_mode"] == mode and r["sigreg_weighting"] == "convex"
+    assert r["sigreg_alpha"] == {"none": 0.0, "weak": 0.1, "strong": 0.01}[mode]
+    assert r["sigreg_sketch_dim"] == 64 and r["sigreg_layers"] == ["auto"]
+    assert (r["image_size"], r["crop_padding"], r["hflip"]) == (32, 4, True)
+    if mix:
+        assert (r["mixup_alpha"], r["cutmix_alpha"], r["mix_prob"], r["mix_switch_prob"]) == (0.8, 1.0, 1.0, 0.5)
+    assert r["dataset_name"] == "uoft-cs/cifar100"
+    assert isinstance(r.get("notes"), str) and r["notes"]
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("resnet18")])
+def test_resnet18_settings(name: str) -> None:
+    r = load_recipe(name)
+    assert r["model_name"] == "resnet18_cifar"
+    assert (r["learning_rate"], r["momentum"], r["weight_decay"]) == (0.1, 0.9, 5e-4)
+    assert (r["lr_schedule"], r["lr_schedule_interval"], r["eta_min"]) == ("cosine", "epoch", 0.0)
+    assert r["max_grad_norm"] == 0.0 and r["randaugment_num_ops"] == 0 and r["mean_std"] == "cifar100"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("vit_")])
+def test_first_round_vit_settings(name: str) -> None:
+    r = load_recipe(name)
+    assert r["model_name"] == "vit_rope" and r["mean_std"] == "cifar100"
+    assert (r["randaugment_num_ops"], r["randaugment_magnitude"]) == (2, 9)
+    assert r["lr_schedule"] == "cosine" and r["weight_decay"] == 5e-4
+    if r["optimizer"] == "adamw":
+        assert r["learning_rate"] == 1e-3
+    else:
+        assert r["learning_rate"] == 1e-2 and r["aux_learning_rate"] == 1e-3
+        assert (r["aux_adam_beta1"], r["aux_adam_beta2"]) == (0.9, 0.95) and r["muon_params"] == "all_2d"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("vitpeak_")])
+def test_peak_vit_settings(name: str) -> None:
+    r = load_recipe(name)
+    assert r["model_name"] == "vit_peak" and r["mean_std"] == "cifar100_peak"
+    assert (r["randaugment_num_ops"], r["randaugment_magnitude"]) == (2, 9)
+    assert (r["lr_schedule"], r["eta_min"], r["max_grad_norm"], r["weight_decay"]) == ("cosine", 1e-5, 1.0, 0.05)
+    if r["optimizer"] == "muon":
+        assert (r["learning_rate"], r["aux_learning_rate"]) == (1e-2, 1e-3)
+        assert (r["aux_adam_beta1"], r["aux_adam_beta2"], r["aux_weight_decay"]) == (0.9, 0.95, 0.05)
+    else:
+        assert r["learning_rate"] == 1e-3
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n.startswith("mlp_")])
+def test_mlp_settings(name: str) -> None:
+    r = load_recipe(name)
+    assert r["model_name"] == "mlp" and r["optimizer"] == "sgd"
+    assert (r["learning_rate"], r["momentum"], r["weight_decay"]) == (0.1, 0.0, 0.0)
+    assert r["lr_schedule"] == "constant" and r["max_grad_norm"] == 1.0 and r["randaugment_num_ops"] == 0
+
+
+def test_unknown_fields_and_missing_recipes_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="unknown fields \\['learnin_rate'\\]"):
+        validate_recipe({"learnin_rate": 0.1}, name="typo")
+    with pytest.raises(RecipeError, match="not found.*Available: mlp_sgd_mix_none"):
+        load_recipe("resnet50_sgd_none")
+    with pytest.raises(RecipeError, match="needs a positive sigreg_alpha"):
+        validate_recipe({"sigreg_mode": "weak", "sigreg_alpha": 0.0})
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("model_name: mlp\nmodel_overrides: {hidden_size: 8}\nsigreg_layers: auto\n")
+    loaded = load_recipe(str(custom))
+    assert loaded["model_overrides"] == '{"hidden_size": 8}' and loaded["sigreg_layers"] == ["auto"]

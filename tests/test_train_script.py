@@ -1,0 +1,158 @@
+"""scripts/train.py end to end: argument precedence, every recipe for 2 steps, saved artefacts, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.commands.config.config_args import ClusterConfig
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
+from sigreg_hf.cli_train import main, parse_args
+from sigreg_hf.recipes import PUBLISHED_TOP1, load_recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # ../shared/data beside the clone
+
+TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
+SMALL = [
+    "--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+    "--dataloader_num_workers", "0", "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_recipe_values_are_defaults_and_cli_wins(tmp_path: Path) -> None:
+    args, model_args, data_args, optim_args, run_args = parse_args(
+        ["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path), "--learning_rate", "0.02",
+         "--sigreg_mode", "strong", "--sigreg_alpha", "0.01", "--train_subset", "500", "--mix", "false"]
+    )  # fmt: skip
+    recipe = load_recipe("vitpeak_muon_mix_weak")
+    assert args.learning_rate == 0.02 and args.sigreg_mode == "strong" and args.sigreg_alpha == 0.01
+    assert args.weight_decay == recipe["weight_decay"] == 0.05 and args.max_grad_norm == 1.0
+    assert args.num_train_epochs == 400 and args.per_device_train_batch_size == 128
+    assert model_args.model_name == "vit_peak" and optim_args.optimizer == "muon" and optim_args.eta_min == 1e-5
+    assert data_args.mix is False and data_args.train_subset == 500 and data_args.mean_std == "cifar100_peak"
+    assert run_args.published_top1 == 76.24 and run_args.recipe == "vitpeak_muon_mix_weak"
+    assert args.eval_strategy == "epoch" and args.remove_unused_columns is False
+    default_out = parse_args(["--recipe", "mlp_sgd_none"])[0].output_dir
+    assert default_out == os.path.join("runs", "mlp_sgd_none")
+
+
+def test_list_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list_recipes"]) is None
+    out = capsys.readouterr().out
+    assert "27 recipes" in out and all(name in out for name in PUBLISHED_TOP1)
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("recipe", sorted(PUBLISHED_TOP1))
+def test_every_recipe_trains_two_steps(recipe: str, synthetic_cifar100: Path, tmp_path: Path) -> None:
+    out = tmp_path / recipe
+    results = main(["--recipe", recipe, "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out), *SMALL])
+    assert results["global_step"] == 2 and results["recipe"] == recipe
+    assert results["final_top1"] is not None and 0.0 <= results["final_top1"] <= 100.0
+    assert results["num_classes"] == 100 and results["train_images"] == 64
+    log = results["last_train_log"]
+    assert log["loss"] == log["loss"]  # finite, not NaN
+    recipe_cfg = load_recipe(recipe)
+    assert ("train_top1_vs_dominant_label" in log) is recipe_cfg["mix"]
+    if recipe_cfg["sigreg_mode"] != "none":
+        assert log["sigreg_alpha"] == recipe_cfg["sigreg_alpha"] and "sigreg_loss" in log
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["final_top1"] == results["final_top1"] and on_disk["published_top1"] == PUBLISHED_TOP1[recipe]
+    model = AutoModelForImageClassification.from_pretrained(out)
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert model.config.num_labels == 100
+    mean = {"cifar100_peak": 0.4867, "cifar100": 0.4865}[recipe_cfg["mean_std"]]
+    assert processor.image_mean[1] == pytest.approx(mean) and processor.size["height"] == 32
+
+
+def test_train_script_subprocess_on_imagefolder_with_subset(tmp_path: Path) -> None:
+    """The script itself, on an imagefolder tree, with --train_subset and a CIFAR-10 mean/std."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("cat", "dog", "frog"):
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / c / f"{i}.png"
+                )
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(TRAIN_SCRIPT), "--recipe", "mlp_sgd_weak", "--dataset_name", str(tmp_path / "tree"),
+           "--mean_std", "cifar10", "--train_subset", "9", "--output_dir", str(out), *SMALL]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[sigreg_hf] mlp_sgd_weak: final top-1" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_classes"] == 3 and results["train_images"] == 9 and results["eval_images"] == 6
+    assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 3
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_accelerate_configs_parse(path: Path) -> None:
+    config = ClusterConfig.from_yaml_file(str(path))
+    expected = {
+        "single_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 8), "multi_node": ("MULTI_GPU", 16),
+        "fsdp": ("FSDP", 8), "deepspeed_zero2": ("DEEPSPEED", 8), "cpu_2proc": ("MULTI_GPU", 2),
+    }[path.stem]  # fmt: skip
+    assert (str(config.distributed_type).split(".")[-1], config.num_processes) == expected
+    assert str(config.mixed_precision) in ("no", "PrecisionType.NO")
+
+
+def test_all_accelerate_configs_present() -> None:
+    names = {p.stem for p in (REPO_ROOT / "accelerate_configs").glob("*.yaml")}
+    assert names == {"single_gpu", "multi_gpu", "multi_node", "fsdp", "deepspeed_zero2", "cpu_2proc"}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_process_cpu_ddp_run(launcher: str, synthetic_cifar100: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    script_args = ["--recipe", "vit_muon_mix_weak", "--dataset_name", str(synthetic_cifar100),
+                   "--output_dir", str(out), *SMALL]  # fmt: skip
+    bin_dir = Path(sys.executable).parent
+    if launcher == "accelerate":
+        cmd = [str(bin_dir / "accelerate"), "launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu_2proc.yaml"), str(TRAIN_SCRIPT), *script_args]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(TRAIN_SCRIPT), *script_args]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 2
+    assert results["steps_per_epoch"] == 8  # 64 images / (4 per device x 2 processes)
+    assert proc.stdout.count("[sigreg_hf] vit_muon_mix_weak") == 1  # only the main process prints
+
+
+@pytest.mark.slow
+def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
+    """Short MLP run on the genuine CIFAR-10 (../shared/data): test accuracy well above chance (10%)."""
+    if not CIFAR10_TARBALL.exists():
+        pytest.skip(f"real CIFAR-10 not available at {CIFAR10_TARBALL}")
+    with tarfile.open(CIFAR10_TARBALL) as tar:
+        tar.extractall(tmp_path / "cifar10", filter="data")
+    torch.set_num_threads(1)
+    results = main(
+        ["--recipe", "mlp_sgd_none", "--dataset_name", str(tmp_path / "cifar10"), "--mean_std", "cifar10",
+         "--train_subset", "10000", "--max_eval_samples", "2000", "--num_train_epochs", "2",
+         "--output_dir", str(tmp_path / "run"), "--dataloader_num_workers", "0", "--save_strategy", "no",
+         "--disable_tqdm", "true", "--dataset_cache_dir", str(tmp_path / "hf_cache")]
+    )  # fmt: skip
+    assert results["num_classes"] == 10 and results["train_images"] == 10000
+    assert len(results["test_top1_by_epoch"]) == 2
+    assert results["final_top1"] > 25.0, results["test_top1_by_epoch"]
