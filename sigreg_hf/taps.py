@@ -167,7 +167,7 @@ def resolve_taps(model: nn.Module, patterns: list[str]) -> list[str]:
     unmatched = [p.pattern for p in compiled if not any(p.fullmatch(name) for name in names)]
     if unmatched:
         raise ValueError(
-            f"sigreg layer pattern(s) {unmatched} match no module of {type(unwrap_model(model)).__name__} "
+            f"sigreg layer pattern(s) {', '.join(unmatched)} match no module of {type(unwrap_model(model)).__name__} "
             "(patterns are regexes matched with re.fullmatch against model.named_modules() names). "
             f"Available module names:\n  {_available_listing(names)}"
         )
