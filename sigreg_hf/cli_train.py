@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import HfArgumentParser, ViTImageProcessor, set_seed
 
 from sigreg_hf.config import SIGRegConfig
 from sigreg_hf.data import PreparedImageData, dominant_label_top1, prepare_image_classification_data
+from sigreg_hf.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
 from sigreg_hf.recipes import list_recipes, load_recipe, recipes_dir
 from sigreg_hf.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
@@ -164,25 +164,6 @@ def schedule_steps(args: SIGRegConfig, optim_args: OptimArguments, num_train: in
     if optim_args.lr_schedule_epochs is not None:
         horizon = max(1, math.ceil(optim_args.lr_schedule_epochs * per_epoch))
     return per_epoch, total, horizon
-
-
-def topk_indices(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``preprocess_logits_for_metrics``: keep only the top-5 class indices (saves memory in evaluation)."""
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    return logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-
-
-def topk_metrics(eval_pred: Any) -> dict[str, float]:
-    """``compute_metrics``: top-1 and top-5 accuracy in percent from the kept top-5 indices."""
-    preds, labels = eval_pred.predictions, eval_pred.label_ids
-    preds = np.asarray(preds[0] if isinstance(preds, tuple) else preds)
-    labels = np.asarray(labels)
-    if labels.ndim == 2:  # soft targets reached evaluation: score against the dominant label
-        labels = labels.argmax(-1)
-    top1 = float((preds[:, 0] == labels).mean() * 100.0)
-    top5 = float((preds == labels[:, None]).any(-1).mean() * 100.0)
-    return {"top1": top1, "top5": top5}
 
 
 class ImageClassificationTrainer(SIGRegTrainer):
@@ -378,8 +359,8 @@ def run(parsed: ParsedArgs) -> dict[str, Any]:
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=processor,
-        compute_metrics=topk_metrics if data.eval is not None else None,
-        preprocess_logits_for_metrics=topk_indices if data.eval is not None else None,
+        compute_metrics=build_compute_metrics() if data.eval is not None else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         **trainer_kwargs,
     )
@@ -397,16 +378,39 @@ def run(parsed: ParsedArgs) -> dict[str, Any]:
             trainer.evaluate()
     if run_args.save_final_model:
         trainer.save_model(args.output_dir)
-    results = collect_results(
+    record = collect_results(
         trainer, args=args, model_args=model_args, data_args=data_args, optim_args=optim_args, run_args=run_args,
         data=data, wall_seconds=time.time() - start, train_seconds=train_seconds, steps_per_epoch=steps_per_epoch,
     )
+    results = record
     if trainer.is_world_process_zero():
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(args.output_dir) / run_args.results_file, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
+        results = write_outputs(record, trainer=trainer, args=args, run_args=run_args)
         print(summary_line(results), flush=True)
     return results
+
+
+def write_outputs(
+    record: dict[str, Any], *, trainer: SIGRegTrainer, args: SIGRegConfig, run_args: RunArguments
+) -> dict[str, Any]:
+    """Write results.json (+ log CSV, plots, recipe.yaml) through :func:`sigreg_hf.results.write_run_outputs`."""
+    from sigreg_hf.results import write_run_outputs
+
+    recipe_config = load_recipe(run_args.recipe) if run_args.recipe else None
+    return write_run_outputs(
+        args.output_dir,
+        log_history=trainer.state.log_history,
+        recipe=run_args.recipe,
+        seed=args.seed,
+        epochs=record["epochs_completed"],
+        wall_seconds=record["wall_seconds"],
+        images_per_second=record["images_per_second"],
+        published_top1=run_args.published_top1,
+        recipe_config=recipe_config,
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        record=record,
+        plots=run_args.write_plots,
+        results_file=run_args.results_file,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

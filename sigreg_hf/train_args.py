@@ -138,6 +138,7 @@ class RunArguments:
     published_top1: float | None = field(default=None, metadata={"help": "The seed's published top-1 (recorded)."})
     notes: str | None = field(default=None, metadata={"help": "Recipe notes (recorded)."})
     results_file: str = field(default="results.json", metadata={"help": "Results file name inside output_dir."})
+    write_plots: bool = field(default=True, metadata={"help": "Write loss/accuracy plots (PNG) to output_dir."})
     final_eval: bool = field(default=True, metadata={"help": "Evaluate after training if the last step was not."})
     save_final_model: bool = field(default=True, metadata={"help": "Save model + image processor to output_dir."})
 

@@ -25,6 +25,7 @@ TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 SMALL = [
     "--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
     "--dataloader_num_workers", "0", "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true",
+    "--write_plots", "false",
 ]  # fmt: skip
 
 
@@ -93,13 +94,15 @@ def test_train_script_subprocess_on_imagefolder_with_subset(tmp_path: Path) -> N
                 )
     out = tmp_path / "run"
     cmd = [sys.executable, str(TRAIN_SCRIPT), "--recipe", "mlp_sgd_weak", "--dataset_name", str(tmp_path / "tree"),
-           "--mean_std", "cifar10", "--train_subset", "9", "--output_dir", str(out), *SMALL]  # fmt: skip
+           "--mean_std", "cifar10", "--train_subset", "9", "--output_dir", str(out), *SMALL,
+           "--write_plots", "true"]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[sigreg_hf] mlp_sgd_weak: final top-1" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["num_classes"] == 3 and results["train_images"] == 9 and results["eval_images"] == 6
     assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 3
+    assert (out / "accuracy_curves.png").exists() and (out / "log_history.csv").exists()
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.stem)
