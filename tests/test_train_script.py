@@ -159,3 +159,29 @@ def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
     assert results["num_classes"] == 10 and results["train_images"] == 10000
     assert len(results["test_top1_by_epoch"]) == 2
     assert results["final_top1"] > 25.0, results["test_top1_by_epoch"]
+
+
+def test_reproduce_dry_run_prints_all_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from sigreg_hf.cli_reproduce import main as reproduce
+
+    assert reproduce(["--dry_run", "--output_root", "out"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 27 and all("scripts/train.py --recipe" in line for line in lines)
+    assert reproduce(["--dry_run", "--recipes", "vitpeak_*", "--launcher", "torchrun", "--nproc", "8",
+                      "--", "--max_steps", "2"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and all("--nproc_per_node 8" in line and line.endswith("--max_steps 2") for line in lines)
+    with pytest.raises(ValueError, match="No recipe matches"):
+        reproduce(["--dry_run", "--recipes", "resnet50_*"])
+
+
+def test_reproduce_runs_and_collects(synthetic_cifar100: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "reproduce.py"), "--recipes", "mlp_sgd_none", "mlp_sgd_weak",
+           "--output_root", str(tmp_path / "repro"), "--no_plots", "--", "--dataset_name", str(synthetic_cifar100),
+           *SMALL]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for recipe in ("mlp_sgd_none", "mlp_sgd_weak"):
+        assert (tmp_path / "repro" / recipe / "results.json").exists()
+    table = (tmp_path / "repro" / "results_table.md").read_text()
+    assert "mlp_sgd_none" in table and "mlp_sgd_weak" in table
