@@ -72,6 +72,12 @@ def _logits_of(outputs: Any) -> Tensor:
     )
 
 
+def _mean(values: list[Tensor | float]) -> float:
+    if isinstance(values[0], Tensor):
+        return torch.stack([v.detach().double() for v in values]).mean().item()
+    return sum(values) / len(values)
+
+
 def _hard_ce(outputs: Any, labels: Tensor) -> Tensor:
     """Cross-entropy of integer labels (ignore index -100) on the outputs' logits, in float32."""
     logits = _logits_of(outputs)
@@ -105,7 +111,7 @@ class SIGRegTrainer(Trainer):
             # A model without a `labels` argument (a plain nn.Module returning logits): keep the `labels`
             # column (remove_unused_columns would drop it) so that this trainer computes cross-entropy.
             self.label_names = ["labels"]
-        self._metrics: dict[str, defaultdict[str, list[float]]] = {
+        self._metrics: dict[str, defaultdict[str, list[Tensor | float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
@@ -113,7 +119,8 @@ class SIGRegTrainer(Trainer):
         self.regulariser: SIGRegulariser | None = None
         if self.sigreg_mode != "none":
             # Resolve the taps now so that a bad pattern fails before training starts.
-            self.regulariser = SIGRegulariser(self.model, self.args)
+            # check_finite=False: no per-layer host sync; a non-finite hidden state shows in the logged loss.
+            self.regulariser = SIGRegulariser(self.model, self.args, check_finite=False)
 
     # -- configuration helpers ---------------------------------------------------------------------
     @property
@@ -209,11 +216,12 @@ class SIGRegTrainer(Trainer):
                 names.append(f"sigreg_loss/{name}")
                 values.append(value.detach().float().reshape(()).to(values[0].device))
         packed = torch.stack(values).unsqueeze(0)  # [1, M]: one all-gather for every metric
-        gathered = self.accelerator.gather(packed).reshape(-1, len(names)).mean(dim=0).tolist()
+        # kept as device tensors: no host synchronisation until log()
+        gathered = self.accelerator.gather(packed).reshape(-1, len(names)).mean(dim=0)
         mode = "train" if model.training else "eval"
         store = self._metrics[mode]
-        for name, value in zip(names, gathered, strict=True):
-            store[name].append(value)
+        for index, name in enumerate(names):
+            store[name].append(gathered[index])
         store["sigreg_alpha"].append(alpha)
 
     def evaluate(
@@ -230,7 +238,7 @@ class SIGRegTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
         mode = "eval" if self._eval_prefix is not None else "train"
-        averaged = {name: sum(vals) / len(vals) for name, vals in self._metrics[mode].items() if vals}
+        averaged = {name: _mean(vals) for name, vals in self._metrics[mode].items() if vals}
         if mode == "eval":
             averaged = {f"{self._eval_prefix}_{name}": value for name, value in averaged.items()}
         self._metrics[mode].clear()
