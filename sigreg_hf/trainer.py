@@ -30,8 +30,10 @@ for soft targets and models without a ``labels`` argument, where the cross-entro
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -196,10 +198,15 @@ class SIGRegTrainer(Trainer):
             )
 
         step = self.state.global_step
-        with self.regulariser:
+        regulariser = self.regulariser
+        regulariser.clear()
+        # Inside train()/evaluate()/predict() the hooks stay registered (stable hooks keep torch.compile
+        # from recompiling); a direct call registers them for this forward only.
+        with contextlib.nullcontext() if regulariser.is_attached else regulariser:
             task, outputs = self.task_loss(model, inputs, num_items_in_batch)
-            reg = self.regulariser.loss(outputs, step=step)
-            layer_losses = self.regulariser.layer_losses
+            reg = regulariser.loss(outputs, step=step)
+            layer_losses = regulariser.layer_losses
+        regulariser.clear()  # drop the captured activations
         alpha = self.sigreg_effective_alpha(step)
         loss = self.combine(task.float(), reg, alpha)
         self._record_metrics(model, task, reg, alpha, layer_losses)
@@ -224,13 +231,39 @@ class SIGRegTrainer(Trainer):
             store[name].append(gathered[index])
         store["sigreg_alpha"].append(alpha)
 
+    # -- hook lifetime ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _hooks_attached(self) -> Iterator[None]:
+        """Keep the regulariser's hooks registered for the duration (removed afterwards, even on error)."""
+        regulariser = self.regulariser
+        if regulariser is None or regulariser.is_attached:
+            yield
+            return
+        regulariser.attach()
+        try:
+            yield
+        finally:
+            regulariser.detach()
+
+    def train(self, *args: Any, **kwargs: Any):
+        with self._hooks_attached():
+            return super().train(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        with self._hooks_attached():
+            try:
+                return super().predict(*args, **kwargs)
+            finally:
+                self._metrics["eval"].clear()
+
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         self._metrics["eval"].clear()
         self._eval_prefix = metric_key_prefix
         try:
-            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            with self._hooks_attached():
+                return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._eval_prefix = None
             self._metrics["eval"].clear()

@@ -115,6 +115,7 @@ def test_gradient_accumulation_matches_one_big_batch(family, tmp_path):
         assert step1["loss"] == pytest.approx(0.7 * step1["task_loss"] + 0.3 * step1["sigreg_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_plain_trainer_misscales_resnet_under_accumulation(tmp_path):
     """Why SIGRegTrainer scales the loss itself: the plain Trainer's ResNet loss is 4x too large."""
     big_logs, _ = _accumulated_run("resnet", tmp_path, batch=32, accumulation=1, sigreg_mode="none")
@@ -402,3 +403,27 @@ def test_model_without_labels_argument_keeps_labels_for_datasets_dataset(tmp_pat
     trainer = SIGRegTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=ds)
     trainer.train()
     assert len(losses(trainer.state.log_history, "task_loss")) == 2
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_losses_without_recompiling_each_step(tmp_path):
+    """Hooks stay registered during train(), so dynamo traces them once (backend "eager": no C++ compiler)."""
+    import torch._dynamo
+
+    fam = FAMILIES["mlp"]
+    eager = SIGRegTrainer(
+        model=fam.model(), args=training_args(tmp_path / "eager", max_steps=4), train_dataset=fam.data(16)
+    )
+    eager.train()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = SIGRegTrainer(
+        model=fam.model(),
+        args=training_args(tmp_path / "compiled", max_steps=4, torch_compile=True, torch_compile_backend="eager"),
+        train_dataset=fam.data(16),
+    )
+    compiled.train()
+    for key in ("loss", "task_loss", "sigreg_loss"):
+        assert losses(compiled.state.log_history, key) == pytest.approx(losses(eager.state.log_history, key), rel=1e-5)
+    assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    assert sum(len(m._forward_hooks) for m in compiled.model.modules()) == 0
