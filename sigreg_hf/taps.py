@@ -141,9 +141,7 @@ def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise ValueError(
-                f"sigreg layer pattern {pattern!r} is not a valid regular expression: {exc}"
-            ) from exc
+            raise ValueError(f"sigreg layer pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     return compiled
 
 
@@ -186,9 +184,7 @@ def _timm_block_patterns(model: nn.Module, prefix: str) -> list[str] | None:
         return [p + r"blocks\.\d+"]
     stages = getattr(model, "stages", None)
     if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
-        if all(
-            isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages
-        ):
+        if all(isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages):
             return [p + r"stages\.\d+\.blocks\.\d+"]
         return [p + r"stages\.\d+"]
     if all(isinstance(getattr(model, f"layer{i}", None), nn.Sequential) for i in range(1, 5)):
@@ -310,9 +306,7 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
         return x.reshape(-1, x.shape[-1])
     if x.dim() >= 4:
         if pooling == "cls":
-            raise ValueError(
-                f"pooling='cls' applies to token states [B, L, D]; got a feature map {tuple(x.shape)}."
-            )
+            raise ValueError(f"pooling='cls' applies to token states [B, L, D]; got a feature map {tuple(x.shape)}.")
         if pooling in ("auto", "mean"):
             return x.flatten(2).mean(dim=2)
         return x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
@@ -418,6 +412,8 @@ class SIGRegulariser:
         self._captured: dict[str, Tensor] = {}
         self._calls = 0
         self.layer_losses: dict[str, Tensor] = {}
+        #: While False, attached hooks record nothing (e.g. during activation-checkpoint recomputation).
+        self.enabled = True
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> SIGRegulariser:
@@ -449,6 +445,8 @@ class SIGRegulariser:
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.enabled:
+                return
             tensor = first_tensor(output)
             if tensor is not None:
                 self._captured[name] = tensor
@@ -496,9 +494,7 @@ class SIGRegulariser:
         generator = step_generator(self.seed, step, layer_index)
         common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite}
         if self.mode == "strong":
-            return sigreg_strong(
-                x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max, **common
-            )
+            return sigreg_strong(x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max, **common)
         return sigreg_weak(x, sketch_dim=self.sketch_dim, **common)
 
     def loss(self, outputs: Any = None, *, step: int | None = None) -> Tensor:
@@ -512,16 +508,13 @@ class SIGRegulariser:
         Per-layer values (with their graphs) are left in :attr:`layer_losses`.
         """
         if self.mode == "none":
-            raise ValueError(
-                "SIGRegulariser(mode='none') only captures; use mode='weak' or 'strong' for loss()."
-            )
+            raise ValueError("SIGRegulariser(mode='none') only captures; use mode='weak' or 'strong' for loss().")
         if step is None:
             step = self._calls
         self._calls += 1
         pooled = self.pooled(outputs)
         losses = {
-            name: self.layer_loss(x, step=step, layer_index=index)
-            for index, (name, x) in enumerate(pooled.items())
+            name: self.layer_loss(x, step=step, layer_index=index) for index, (name, x) in enumerate(pooled.items())
         }
         self.layer_losses = losses
         values = list(losses.values())

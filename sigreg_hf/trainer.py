@@ -201,12 +201,17 @@ class SIGRegTrainer(Trainer):
         regulariser = self.regulariser
         regulariser.clear()
         # Inside train()/evaluate()/predict() the hooks stay registered (stable hooks keep torch.compile
-        # from recompiling); a direct call registers them for this forward only.
-        with contextlib.nullcontext() if regulariser.is_attached else regulariser:
-            task, outputs = self.task_loss(model, inputs, num_items_in_batch)
-            reg = regulariser.loss(outputs, step=step)
-            layer_losses = regulariser.layer_losses
-        regulariser.clear()  # drop the captured activations
+        # from recompiling); a direct call registers them for this forward only. They record only during
+        # this forward, not during gradient-checkpoint recomputation in backward.
+        regulariser.enabled = True
+        try:
+            with contextlib.nullcontext() if regulariser.is_attached else regulariser:
+                task, outputs = self.task_loss(model, inputs, num_items_in_batch)
+                reg = regulariser.loss(outputs, step=step)
+                layer_losses = regulariser.layer_losses
+        finally:
+            regulariser.enabled = False
+            regulariser.clear()  # drop the captured activations
         alpha = self.sigreg_effective_alpha(step)
         loss = self.combine(task.float(), reg, alpha)
         self._record_metrics(model, task, reg, alpha, layer_losses)

@@ -427,3 +427,52 @@ def test_torch_compile_gives_the_same_losses_without_recompiling_each_step(tmp_p
         assert losses(compiled.state.log_history, key) == pytest.approx(losses(eager.state.log_history, key), rel=1e-5)
     assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
     assert sum(len(m._forward_hooks) for m in compiled.model.modules()) == 0
+
+
+class Leftovers(TrainerCallback):
+    """Number of captured tensors still held at the end of each step (the hooks are attached then)."""
+
+    def __init__(self, regulariser) -> None:
+        self.regulariser = regulariser
+        self.counts: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counts.append(len(self.regulariser.captured))
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    """Checkpointed blocks re-run in backward; the hooks record only the real forward."""
+    fam = FAMILIES["vit"]
+    runs = []
+    for checkpointing in (False, True):
+        trainer = SIGRegTrainer(
+            model=fam.model(),
+            args=training_args(tmp_path / str(checkpointing), max_steps=3, gradient_checkpointing=checkpointing),
+            train_dataset=fam.data(16),
+        )
+        leftovers = Leftovers(trainer.regulariser)
+        trainer.add_callback(leftovers)
+        trainer.train()
+        assert leftovers.counts == [0, 0, 0]
+        runs.append(trainer.state.log_history)
+    for key in ("loss", "task_loss", "sigreg_loss"):
+        assert losses(runs[1], key) == pytest.approx(losses(runs[0], key), rel=1e-5)
+
+
+def test_evaluation_during_training_is_logged_with_prefix(tmp_path):
+    fam = FAMILIES["mlp"]
+    trainer = SIGRegTrainer(
+        model=fam.model(),
+        args=training_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, logging_steps=2),
+        train_dataset=fam.data(16),
+        eval_dataset=fam.data(8, seed=3),
+    )
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    trains = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in evals] == [2, 4] and [e["step"] for e in trains] == [2, 4]
+    for e in evals:
+        assert {"eval_task_loss", "eval_sigreg_loss", "eval_sigreg_alpha"} <= set(e) and "task_loss" not in e
+    for e in trains:
+        assert {"task_loss", "sigreg_loss"} <= set(e) and "eval_task_loss" not in e
+        assert e["loss"] == pytest.approx(0.9 * e["task_loss"] + 0.1 * e["sigreg_loss"], rel=1e-5)
