@@ -417,9 +417,10 @@ class SIGRegulariser:
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> SIGRegulariser:
-        """Register the forward hooks (idempotent) and clear anything captured before."""
+        """Register the forward hooks (idempotent), enable recording and clear anything captured before."""
         if self._handles:
             return self
+        self.enabled = True
         self._captured.clear()
         modules = named_modules_clean(self.model)
         for name in self.layer_names:
