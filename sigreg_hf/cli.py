@@ -3,6 +3,7 @@
 Subcommands::
 
     sigreg-hf quickstart [--output_dir DIR] [--dataset digits|HUB_ID|PATH] [--epochs N] [--seed S]
+                         [any scripts/train.py option, passed to the three runs]
     sigreg-hf train ...                      (= python scripts/train.py ...)
     sigreg-hf collect RUN_DIR... [--output_dir DIR]
     sigreg-hf push RUN_DIR --repo_id ORG/NAME [--private]
@@ -26,14 +27,15 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         description="Train the paper's plain deep MLP (pure SGD, no normalisation) without SIGReg, with weak and "
         "with strong SIGReg through SIGRegTrainer, print the three-way table, and write plots and a model card. "
         "Default data: scikit-learn's handwritten digits (no network). With --dataset uoft-cs/cifar100 (or any "
-        "dataset scripts/train.py accepts) it runs the mlp_sgd_{none,weak,strong} recipes at full scale.",
+        "dataset scripts/train.py accepts) it runs the mlp_sgd_{none,weak,strong} recipes at full scale. Any other "
+        "option (e.g. --per_device_train_batch_size 64) is passed to scripts/train.py for the three runs.",
     )
     p.add_argument("--output_dir", default="outputs/quickstart", help="Output folder (default: outputs/quickstart).")
     p.add_argument("--dataset", default="digits",
                    help="'digits' (default: scikit-learn's 8x8 digits, offline) or a Hub id / parquet / save_to_disk "
                         "/ imagefolder path for a full-scale run.")  # fmt: skip
     p.add_argument("--epochs", type=float, default=None,
-                   help="Epochs per run (default: 30 on the digits, the recipes' 400 otherwise).")  # fmt: skip
+                   help="Epochs per run (default: 40 on the digits, the recipes' 400 otherwise).")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="Seed of the split, the initialisation and SIGReg.")
     p.add_argument("--train_subset", type=int, default=None,
                    help="Use a stratified subset of N training images (quick checks).")  # fmt: skip
@@ -146,15 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         record = train_main(argv[1:])
         return 0 if record is not None or "--list_recipes" in argv else 1
-    args = build_parser().parse_args(argv)
-    if args.command == "quickstart":
+    parser = build_parser()
+    if argv and argv[0] == "quickstart":
+        # unknown options go to every training run (e.g. --per_device_train_batch_size 64, --use_cpu true)
+        args, passthrough = parser.parse_known_args(argv)
+        passthrough = [a for a in passthrough if a != "--"]
+        if passthrough and not passthrough[0].startswith("--"):
+            parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
         from sigreg_hf.quickstart import run_quickstart
 
         run_quickstart(
             args.output_dir, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
             train_subset=args.train_subset, variants=args.variants, keep_checkpoints=args.keep_checkpoints,
+            extra_args=passthrough,
         )  # fmt: skip
         return 0
+    args = parser.parse_args(argv)
     if args.command == "collect":
         return run_collect(args)
     if args.command == "push":

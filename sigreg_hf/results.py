@@ -101,14 +101,12 @@ def sigreg_mode_of(results: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 # log history -> per-epoch table
 # --------------------------------------------------------------------------------------------------
-def _epoch_index(epoch: Any, *, end_of_epoch: bool) -> int | None:
+def _epoch_index(epoch: Any) -> int | None:
+    """The 1-based epoch a log entry belongs to: a log at fractional epoch 0.4 or exactly 1.0 is epoch 1."""
     value = _finite(epoch)
     if value is None:
         return None
-    if end_of_epoch:  # evaluation logs carry the epoch counter at the evaluation time (1.0, 2.0, ...)
-        return max(1, round(value))
-    # a training log at fractional epoch 0.4 belongs to epoch 1; at exactly 1.0 still to epoch 1
-    return max(1, math.ceil(value - 1e-6))
+    return max(1, math.ceil(value - 1e-4))
 
 
 def epoch_table(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -127,11 +125,11 @@ def epoch_table(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     evals: dict[int, Mapping[str, Any]] = {}
     for entry in log_history:
         if "eval_loss" in entry or any(k.startswith("eval_top") for k in entry):
-            ep = _epoch_index(entry.get("epoch"), end_of_epoch=True)
+            ep = _epoch_index(entry.get("epoch"))
             if ep is not None:
                 evals[ep] = entry
         elif "loss" in entry:
-            ep = _epoch_index(entry.get("epoch"), end_of_epoch=False)
+            ep = _epoch_index(entry.get("epoch"))
             if ep is None:
                 continue
             bucket = train.setdefault(ep, {"loss": [], "task": [], "sigreg": [], "top1": []})
@@ -222,11 +220,13 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-def plot_loss_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
+def plot_loss_curves(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "", note: str | None = None
+) -> Path:
     """Two panels: (left) total and task cross-entropy, train and test; (right) the SIGReg statistic.
 
     The SIGReg panel shows the unweighted mean over tapped layers (what the regulariser measures), on a
-    log scale; for a run without SIGReg it says so instead.
+    log scale; for a run without SIGReg it says so instead. ``note`` is printed under that panel.
     """
     fig = _figure(2)
     ax_loss, ax_reg = fig.subplots(1, 2)
@@ -262,6 +262,9 @@ def plot_loss_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, *, tit
         if all(v > 0 for line in ax_reg.lines for v in line.get_ydata()):
             ax_reg.set_yscale("log")
         ax_reg.legend()
+        if note:
+            ax_reg.text(0.02, 0.02, note, transform=ax_reg.transAxes, fontsize=8, color="#555555", va="bottom",
+                        wrap=True)  # fmt: skip
     else:
         ax_reg.text(0.5, 0.5, "no SIGReg term in this run\n(baseline)", ha="center", va="center",
                     transform=ax_reg.transAxes, fontsize=12, color="#666666")  # fmt: skip
@@ -546,7 +549,13 @@ def write_run_outputs(
     write_log_history_csv(log_history, output_dir / LOG_CSV_FILE)
     if plots:
         label = " / ".join(str(x) for x in (recipe or run_name or output_dir.name, f"seed {seed}") if x)
-        plot_loss_curves(rows, output_dir / LOSS_PLOT_FILE, title=label)
+        note = (
+            "the strong statistic is multiplied by the batch size N,\n"
+            "so train and test values differ with their batch sizes"
+            if (sigreg_mode or "none") == "strong"
+            else None
+        )
+        plot_loss_curves(rows, output_dir / LOSS_PLOT_FILE, title=label, note=note)
         plot_accuracy_curves(rows, output_dir / ACCURACY_PLOT_FILE, title=f"Test accuracy: {label}",
                              published_top1=published_top1)  # fmt: skip
         results["files"]["loss_plot"] = LOSS_PLOT_FILE

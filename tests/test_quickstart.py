@@ -84,3 +84,24 @@ def test_console_script_is_declared_and_answers_help():
     proc = subprocess.run([sys.executable, "-m", "sigreg_hf.cli", "quickstart", "--help"], capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and "--output_dir" in proc.stdout and "--dataset" in proc.stdout
+
+
+def test_quickstart_on_another_dataset_runs_the_recipes_unchanged(tmp_path, capsys):
+    """--dataset PATH: the CIFAR-schema parquet folder goes through the mlp_sgd_* recipes at 32x32 (1 epoch)."""
+    from sigreg_hf.data import write_synthetic_cifar100
+
+    data = write_synthetic_cifar100(tmp_path / "cifar_like", num_train=256, num_test=100, num_classes=100)
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--output_dir", str(out), "--dataset", str(data), "--epochs", "1",
+                 "--variants", "none", "weak", "--", "--dataloader_num_workers", "0", "--save_strategy", "no",
+                 "--per_device_eval_batch_size", "100"])  # fmt: skip
+    assert code == 0
+    table = (out / "results_table.md").read_text()
+    assert "| 26.77 |" in table and "| 42.17 |" in table  # the recipes' published CIFAR-100 numbers
+    assert "mlp_sgd_strong" not in table
+    config = json.loads((out / "weak" / "config.json").read_text())
+    assert config["image_size"] == 32 and len(config["id2label"]) == 100
+    results = json.loads((out / "weak" / "results.json").read_text())
+    assert results["dataset"] == str(data) and results["sigreg_mode"] == "weak" and results["epochs"] == 1
+    assert "--dataloader_num_workers 0" in results["command"]
+    assert ModelCard.load(out / "README.md").data.eval_results
