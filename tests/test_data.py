@@ -296,3 +296,15 @@ def test_dominant_label_top1() -> None:
     soft = torch.tensor([[0.3, 0.7, 0.0], [0.4, 0.0, 0.6]])
     assert dominant_label_top1(logits, soft).item() == pytest.approx(0.5)
     assert dominant_label_top1(logits, torch.tensor([1, 0])).item() == 1.0
+
+
+def test_pipeline_bench_runs(synthetic_cifar100: Path) -> None:
+    from sigreg_hf.data.bench import PipelineBench, markdown_table
+
+    bench = PipelineBench(str(synthetic_cifar100))
+    result = bench.run(decode_cache=True, randaugment=True, mix=True, num_images=64, batch_size=16)
+    assert result.images >= 64 and result.images_per_second > 0
+    ds, collate = bench.dataset_and_collator(decode_cache=False, randaugment=True, mix=True)
+    batch = collate(ds.__getitems__(list(range(5))))
+    assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["labels"].shape == (5, 100)
+    assert "| yes | yes | yes |" in markdown_table([result])
