@@ -53,7 +53,9 @@ class DataArguments:
     train_subset: int | None = field(
         default=None, metadata={"help": "Seeded class-balanced training subset of N images (N/num_classes per class)."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on a seeded class-balanced subset of N images."}
+    )
     decode_cache: bool = field(
         default=True, metadata={"help": "Decode images once into a cached uint8 Arrow column (datasets.map)."}
     )

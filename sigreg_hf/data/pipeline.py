@@ -70,7 +70,8 @@ def prepare_image_classification_data(
 
     ``mean_std`` is a preset name (see :data:`~sigreg_hf.data.transforms.MEAN_STD_PRESETS`) or
     ``"dataset"`` to compute the statistics from the (subset) training split; explicit ``mean``/``std``
-    win over both. ``train_subset`` keeps ``train_subset // num_classes`` examples per class (seeded).
+    win over both. ``train_subset`` keeps ``train_subset // num_classes`` examples per class (seeded);
+    ``max_eval_samples`` subsets the evaluation split the same way.
     """
     raw = load_image_classification_dataset(
         dataset_name,
@@ -97,7 +98,10 @@ def prepare_image_classification_data(
             train, label_column=raw.label_column, size=train_subset, num_classes=raw.num_classes, seed=seed
         )
     if eval_ds is not None and max_eval_samples is not None and max_eval_samples < len(eval_ds):
-        eval_ds = eval_ds.select(range(max_eval_samples))
+        # class-balanced and seeded: split files are often sorted by class (imagefolder trees are)
+        eval_ds = class_balanced_subset(
+            eval_ds, label_column=raw.label_column, size=max_eval_samples, num_classes=raw.num_classes, seed=seed
+        )
     if mean is None and std is None and mean_std == "dataset":
         mean, std = compute_mean_std(train, image_column=raw.image_column)
         logger.info("Mean/std computed from the training split: %s / %s", mean, std)
