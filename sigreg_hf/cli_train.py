@@ -419,3 +419,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if parsed is None:
         return None
     return run(parsed)
+
+
+def cli() -> None:
+    """Console entry: like :func:`main`, but configuration/data errors end the process with a clean message."""
+    from sigreg_hf.data import DatasetUnavailableError
+    from sigreg_hf.recipes import RecipeError
+
+    try:
+        main()
+    except (DatasetUnavailableError, RecipeError) as err:
+        raise SystemExit(f"error: {err}") from None

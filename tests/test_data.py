@@ -308,3 +308,13 @@ def test_pipeline_bench_runs(synthetic_cifar100: Path) -> None:
     batch = collate(ds.__getitems__(list(range(5))))
     assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["labels"].shape == (5, 100)
     assert "| yes | yes | yes |" in markdown_table([result])
+
+
+def test_max_eval_samples_is_class_balanced_with_fallback(
+    synthetic_cifar100_balanced: Path, synthetic_cifar100: Path
+) -> None:
+    balanced = prepare_image_classification_data(str(synthetic_cifar100_balanced), max_eval_samples=20)
+    labels = [balanced.eval[i]["labels"] for i in range(len(balanced.eval))]
+    assert np.bincount(labels, minlength=10).tolist() == [2] * 10
+    sparse = prepare_image_classification_data(str(synthetic_cifar100), max_eval_samples=12)  # 16 images, 100 classes
+    assert len(sparse.eval) == 12

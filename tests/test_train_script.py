@@ -185,3 +185,12 @@ def test_reproduce_runs_and_collects(synthetic_cifar100: Path, tmp_path: Path) -
         assert (tmp_path / "repro" / recipe / "results.json").exists()
     table = (tmp_path / "repro" / "results_table.md").read_text()
     assert "mlp_sgd_none" in table and "mlp_sgd_weak" in table
+
+
+def test_offline_hub_dataset_is_a_fast_clean_error(tmp_path: Path) -> None:
+    env = {**_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    cmd = [sys.executable, str(TRAIN_SCRIPT), "--recipe", "mlp_sgd_none", "--output_dir", str(tmp_path / "o"), *SMALL]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "error: Cannot load dataset 'uoft-cs/cifar100'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "HF_DATASETS_OFFLINE" in proc.stderr and "imagefolder" in proc.stderr

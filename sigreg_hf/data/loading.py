@@ -65,9 +65,15 @@ def _is_offline() -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint accepts a TCP connection within ``timeout`` seconds."""
+    """Whether the Hub endpoint accepts a TCP connection within ``timeout`` seconds.
+
+    Behind a proxy (``HTTPS_PROXY`` / ``ALL_PROXY`` set) a direct connection proves nothing, so the probe is
+    skipped and the Hub client decides.
+    """
     from huggingface_hub import constants
 
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     url = urlparse(constants.ENDPOINT)
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme == "https" else 80)

@@ -99,9 +99,13 @@ def prepare_image_classification_data(
         )
     if eval_ds is not None and max_eval_samples is not None and max_eval_samples < len(eval_ds):
         # class-balanced and seeded: split files are often sorted by class (imagefolder trees are)
-        eval_ds = class_balanced_subset(
-            eval_ds, label_column=raw.label_column, size=max_eval_samples, num_classes=raw.num_classes, seed=seed
-        )
+        try:
+            eval_ds = class_balanced_subset(
+                eval_ds, label_column=raw.label_column, size=max_eval_samples, num_classes=raw.num_classes,
+                seed=seed,
+            )
+        except ValueError:  # some class too small for a balanced subset: a seeded random one instead
+            eval_ds = eval_ds.shuffle(seed=seed).select(range(max_eval_samples)).flatten_indices()
     if mean is None and std is None and mean_std == "dataset":
         mean, std = compute_mean_std(train, image_column=raw.image_column)
         logger.info("Mean/std computed from the training split: %s / %s", mean, std)
