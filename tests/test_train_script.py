@@ -194,3 +194,15 @@ def test_offline_hub_dataset_is_a_fast_clean_error(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "error: Cannot load dataset 'uoft-cs/cifar100'" in proc.stderr and "Traceback" not in proc.stderr
     assert "HF_DATASETS_OFFLINE" in proc.stderr and "imagefolder" in proc.stderr
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_schedule_counts_steps_like_the_trainer(synthetic_cifar100: Path, tmp_path: Path) -> None:
+    """One epoch with gradient accumulation: our steps/epoch (used by the per-epoch cosine) equals the Trainer's."""
+    small = list(SMALL)
+    small[small.index("--max_steps") + 1] = "-1"
+    results = main(["--recipe", "mlp_sgd_none", "--dataset_name", str(synthetic_cifar100), "--output_dir",
+                    str(tmp_path / "o"), *small, "--num_train_epochs", "1", "--gradient_accumulation_steps", "3",
+                    "--save_final_model", "false"])  # fmt: skip
+    assert results["steps_per_epoch"] == 6  # 16 batches of 4, accumulated by 3 -> 5 + 1
+    assert results["global_step"] == 6 and len(results["test_top1_by_epoch"]) == 1
