@@ -447,7 +447,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     for checkpointing in (False, True):
         trainer = SIGRegTrainer(
             model=fam.model(),
-            args=training_args(tmp_path / str(checkpointing), max_steps=3, gradient_checkpointing=checkpointing),
+            args=training_args(tmp_path / str(checkpointing), max_steps=3, activation_checkpointing=checkpointing),
             train_dataset=fam.data(16),
         )
         leftovers = Leftovers(trainer.regulariser)
