@@ -158,7 +158,7 @@ def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
     )  # fmt: skip
     assert results["num_classes"] == 10 and results["train_images"] == 10000
     assert len(results["test_top1_by_epoch"]) == 2
-    assert results["final_top1"] > 25.0, results["test_top1_by_epoch"]
+    assert results["final_top1"] > 20.0, results["test_top1_by_epoch"]  # chance is 10%; seen: 26.5%
 
 
 def test_reproduce_dry_run_prints_all_commands(capsys: pytest.CaptureFixture[str]) -> None:
