@@ -166,6 +166,46 @@ def schedule_steps(args: SIGRegConfig, optim_args: OptimArguments, num_train: in
     return per_epoch, total, horizon
 
 
+def optimizer_and_schedule(
+    model: torch.nn.Module,
+    args: SIGRegConfig,
+    optim_args: OptimArguments,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+    horizon: int,
+) -> dict[str, Any]:
+    """Trainer keyword arguments that install the optimiser and the lr schedule.
+
+    Normally ``optimizers=(optimizer, LambdaLR)`` built here (exact per-epoch cosine per parameter group).
+    Under FSDP / DeepSpeed the Trainer must create the optimizer after sharding, so it gets
+    ``optimizer_cls_and_kwargs=(OptimizerFactory, kwargs)`` and the schedule is mapped onto the Trainer's
+    own (``cosine_with_min_lr`` / ``constant``, stepped per optimiser step) with a warning.
+    """
+    opt_kwargs = optimizer_kwargs(args, optim_args)
+    if _sharded_engine(args):
+        if optim_args.optimizer == "muon":
+            logger.warning("Muon under FSDP/DeepSpeed is unverified (sharded engines may not apply Muon's update); "
+                           "prefer DDP (multi_gpu.yaml) for Muon recipes.")
+        if optim_args.lr_schedule_interval == "epoch" and optim_args.lr_schedule == "cosine":
+            logger.warning("Under FSDP/DeepSpeed the cosine schedule is stepped per optimiser step, not per epoch.")
+        args.lr_scheduler_type = "constant" if optim_args.lr_schedule == "constant" else "cosine_with_min_lr"
+        if args.lr_scheduler_type != "constant":
+            args.lr_scheduler_kwargs = {"min_lr": optim_args.eta_min}
+        return {"optimizer_cls_and_kwargs": (OptimizerFactory, opt_kwargs)}
+    optimizer = build_optimizer(model, **opt_kwargs)
+    scheduler = build_lr_scheduler(
+        optimizer,
+        schedule=optim_args.lr_schedule,
+        total_steps=horizon,
+        steps_per_epoch=steps_per_epoch,
+        interval=optim_args.lr_schedule_interval,
+        eta_min=optim_args.eta_min,
+        warmup_steps=args.get_warmup_steps(total_steps),
+    )
+    return {"optimizers": (optimizer, scheduler)}
+
+
 class ImageClassificationTrainer(SIGRegTrainer):
     """:class:`SIGRegTrainer` that also logs training top-1 and says what it measures.
 
@@ -327,31 +367,9 @@ def run(parsed: ParsedArgs) -> dict[str, Any]:
     model = build_model(model_args, data)
     processor = build_image_processor(data)
     steps_per_epoch, total_steps, horizon = schedule_steps(args, optim_args, len(data.train))
-    opt_kwargs = optimizer_kwargs(args, optim_args)
-    trainer_kwargs: dict[str, Any] = {}
-    if _sharded_engine(args):
-        # FSDP / DeepSpeed: the Trainer must build optimizer and scheduler itself after sharding.
-        if optim_args.optimizer == "muon":
-            logger.warning("Muon under FSDP/DeepSpeed is unverified (sharded engines may not apply Muon's update); "
-                           "prefer DDP (multi_gpu.yaml) for Muon recipes.")
-        if optim_args.lr_schedule_interval == "epoch" and optim_args.lr_schedule == "cosine":
-            logger.warning("Under FSDP/DeepSpeed the cosine schedule is stepped per optimiser step, not per epoch.")
-        args.lr_scheduler_type = "constant" if optim_args.lr_schedule == "constant" else "cosine_with_min_lr"
-        if args.lr_scheduler_type != "constant":
-            args.lr_scheduler_kwargs = {"min_lr": optim_args.eta_min}
-        trainer_kwargs["optimizer_cls_and_kwargs"] = (OptimizerFactory, opt_kwargs)
-    else:
-        optimizer = build_optimizer(model, **opt_kwargs)
-        scheduler = build_lr_scheduler(
-            optimizer,
-            schedule=optim_args.lr_schedule,
-            total_steps=horizon,
-            steps_per_epoch=steps_per_epoch,
-            interval=optim_args.lr_schedule_interval,
-            eta_min=optim_args.eta_min,
-            warmup_steps=args.get_warmup_steps(total_steps),
-        )
-        trainer_kwargs["optimizers"] = (optimizer, scheduler)
+    trainer_kwargs = optimizer_and_schedule(
+        model, args, optim_args, steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon
+    )
     trainer = ImageClassificationTrainer(
         model=model,
         args=args,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -206,3 +207,35 @@ def test_schedule_counts_steps_like_the_trainer(synthetic_cifar100: Path, tmp_pa
                     "--save_final_model", "false"])  # fmt: skip
     assert results["steps_per_epoch"] == 6  # 16 batches of 4, accumulated by 3 -> 5 + 1
     assert results["global_step"] == 6 and len(results["test_top1_by_epoch"]) == 1
+
+
+def test_optimizer_and_schedule_under_ddp_and_sharded_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sigreg_hf.cli_train import optimizer_and_schedule
+    from sigreg_hf.models import create_model
+    from sigreg_hf.optim import OptimizerFactory
+
+    model = create_model("vit_peak", num_classes=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    args, _, _, optim_args, _ = parse_args(["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path)])
+    plain = optimizer_and_schedule(model, args, optim_args, steps_per_epoch=391, total_steps=782, horizon=156400)
+    optimizer, scheduler = plain["optimizers"]
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]
+    for _ in range(391):  # one epoch: the per-epoch cosine keeps the lr constant, then steps once
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 400)))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    sharded = optimizer_and_schedule(model, args, optim_args, steps_per_epoch=391, total_steps=782, horizon=156400)
+    factory, kwargs = sharded["optimizer_cls_and_kwargs"]
+    assert factory is OptimizerFactory and kwargs["name"] == "muon" and kwargs["aux_learning_rate"] == 1e-3
+    assert str(args.lr_scheduler_type).endswith("cosine_with_min_lr") and args.lr_scheduler_kwargs == {"min_lr": 1e-5}
+
+
+def test_results_json_has_the_issue6_summary_fields(synthetic_cifar100: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    main(["--recipe", "mlp_sgd_weak", "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out), *SMALL,
+          "--save_final_model", "false"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    for key in ("recipe", "sigreg_mode", "seed", "train_images", "epochs", "test_top1_by_epoch", "final_top1",
+                "best_top1", "wall_seconds", "images_per_second", "published_top1", "evaluations"):  # fmt: skip
+        assert key in results, key
+    assert results["sigreg_mode"] == "weak" and results["seed"] == 0 and results["train_images"] == 64
