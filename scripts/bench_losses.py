@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes to run instead of the default set, e.g. 8320x192")
     parser.add_argument("--output", help="also write the Markdown report to this file")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,7 +266,10 @@ def main() -> None:
         loss, impl, n, c, device = json.loads(args._measure)
         print(measure_peak_here(loss, impl, n, c, device))
         return
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes]
+    else:
+        shapes = QUICK_SHAPES if args.quick else SHAPES
     report = run(args.device, args.quick, not args.no_memory, shapes)
     print("\n" + report)
     if args.output:
