@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes to run instead of the default set, e.g. 8320x192")
+    parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes instead of the default set, e.g. 8320x192")
     parser.add_argument("--output", help="also write the Markdown report to this file")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
