@@ -14,6 +14,7 @@ gradient, so that DDP's gradient *averaging* yields exactly the single-process g
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -121,8 +122,11 @@ def _all_reduce_sum(values: Tensor) -> Tensor:
     return _AllReduceSum.apply(values)
 
 
-def _no_autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switch autocast off for the statistic (a no-op context when it is not on)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _random_source_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
@@ -193,6 +197,25 @@ def _folded_quadrature(num_points: int, t_max: float) -> tuple[list[float], list
     knots[-1] = t_max
     weights = [2.0 * step] * (count - 1) + [step]
     return knots, weights, num_points % 2 == 1
+
+
+_QUADRATURE_CACHE: dict[tuple, tuple[Tensor, Tensor, Tensor, bool]] = {}
+
+
+def _quadrature_tensors(
+    num_points: int, t_max: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """Knots, ``phi = exp(-t^2/2)`` at the knots, ``weights * phi``, and the uniform-grid flag (cached)."""
+    key = (num_points, t_max, device, dtype)
+    cached = None if torch.compiler.is_compiling() else _QUADRATURE_CACHE.get(key)
+    if cached is None:
+        knots_list, weights_list, multiples = _folded_quadrature(num_points, t_max)
+        knots = torch.tensor(knots_list, device=device, dtype=dtype)
+        phi = torch.exp(-0.5 * knots.square())
+        cached = (knots, phi, torch.tensor(weights_list, device=device, dtype=dtype) * phi, multiples)
+        if not torch.compiler.is_compiling():
+            _QUADRATURE_CACHE[key] = cached
+    return cached
 
 
 def _harmonics(theta: Tensor, knots: Tensor, cos: Tensor, sin: Tensor) -> None:
@@ -377,10 +400,7 @@ def sigreg_strong(
                 )
             projection = projection.to(device=x.device, dtype=dtype)
         proj = samples @ projection
-        knots_list, weights_list, multiples = _folded_quadrature(num_points, float(t_max))
-        knots = torch.tensor(knots_list, device=x.device, dtype=dtype)
-        weights = torch.tensor(weights_list, device=x.device, dtype=dtype)
-        phi = torch.exp(-0.5 * knots.square())
+        knots, phi, weighted_phi, multiples = _quadrature_tensors(num_points, float(t_max), x.device, dtype)
 
         sums = _characteristic_sums(proj, knots, multiples)
         count = torch.full((1,), float(n), device=x.device, dtype=dtype)
@@ -389,7 +409,7 @@ def sigreg_strong(
             sums, count = packed[:-1].view_as(sums), packed[-1:]
         cos_mean, sin_mean = sums[0] / count, sums[1] / count  # [m, K]
         err = (cos_mean - phi.unsqueeze(1)).square() + sin_mean.square()
-        per_slice = (weights * phi) @ err * count  # [K]
+        per_slice = weighted_phi @ err * count  # [K]
         loss = per_slice.mean()
     if check_finite:
         _check_finite(loss)
