@@ -207,8 +207,7 @@ def run_quickstart(
         keep_checkpoints: keep the intermediate ``checkpoint-*`` folders (digits runs).
         echo: where progress lines go (``print``).
     """
-    from sigreg_hf import cli_train
-    from sigreg_hf.hub import build_model_card, write_model_card
+    from sigreg_hf.hub import build_model_card
 
     start = time.time()
     output_dir = Path(output_dir)
@@ -228,25 +227,15 @@ def run_quickstart(
         dataset_arg = dataset
         if train_subset is not None:
             extra += ["--train_subset", str(train_subset)]
-    runs: list[dict[str, Any]] = []
-    for i, (name, recipe) in enumerate(chosen, start=1):
-        run_dir = output_dir / name
-        argv = _train_args(recipe, run_dir, dataset=dataset_arg, epochs=epochs, seed=seed, digits=digits, extra=extra)
-        command = "python scripts/train.py " + " ".join(argv)
-        echo(f"[quickstart] ({i}/{len(chosen)}) {recipe}: SIGReg {name} -> {run_dir}")
-        record = cli_train.main(argv)
-        if record is None:  # only for --list_recipes
-            raise RuntimeError(f"the training CLI returned no results for {recipe}.")
-        results = ensure_run_outputs(run_dir, record, recipe, command)
-        if digits:
-            split = {"test_fraction": DIGITS_TEST_FRACTION, "seed": seed, "train_subset": train_subset}
-            results = _relabel_digits(run_dir, results, command, split)
-        if not keep_checkpoints and digits:
-            for ckpt in run_dir.glob("checkpoint-*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
-        write_model_card(run_dir, repo_id=f"sigreg-quickstart-mlp-{name}", extra_limits=_limits(digits))
-        runs.append(results)
+    threads = _digits_threads() if digits else None
+    try:
+        runs = _train_variants(chosen, output_dir, dataset_arg, epochs, seed, digits, train_subset, extra,
+                               keep_checkpoints, echo)  # fmt: skip
+    finally:
+        if threads is not None:
+            import torch
 
+            torch.set_num_threads(threads)
     runs, table = collect_results([output_dir / name for name, _ in chosen], output_dir)
     card_run = next((name for name, _ in chosen if name == "weak"), chosen[0][0])
     card = build_model_card(
@@ -270,6 +259,59 @@ def run_quickstart(
     echo(f"[quickstart] done in {seconds:.0f} s. Outputs in {output_dir}: results_table.md, overlay_*.png, "
          f"README.md (model card), and one run folder per variant.")  # fmt: skip
     return QuickstartResult(output_dir=output_dir, runs=runs, table_markdown=table, card_path=top_card, seconds=seconds)
+
+
+def _digits_threads() -> int | None:
+    """Train the digits runs on one CPU thread (unless OMP_NUM_THREADS says otherwise); return the old count.
+
+    8x8 inputs make tiny matrix products: one thread is nearly as fast as two on an idle machine and far
+    faster on a busy one, where spinning OpenMP workers slowed these runs down 5-10x in our measurements.
+    """
+    import os
+
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return previous
+
+
+def _train_variants(
+    chosen: Sequence[tuple[str, str]],
+    output_dir: Path,
+    dataset_arg: str,
+    epochs: float | None,
+    seed: int,
+    digits: bool,
+    train_subset: int | None,
+    extra: Sequence[str],
+    keep_checkpoints: bool,
+    echo: Any,
+) -> list[dict[str, Any]]:
+    from sigreg_hf import cli_train
+    from sigreg_hf.hub import write_model_card
+
+    runs: list[dict[str, Any]] = []
+    for i, (name, recipe) in enumerate(chosen, start=1):
+        run_dir = output_dir / name
+        argv = _train_args(recipe, run_dir, dataset=dataset_arg, epochs=epochs, seed=seed, digits=digits, extra=extra)
+        command = "python scripts/train.py " + " ".join(argv)
+        echo(f"[quickstart] ({i}/{len(chosen)}) {recipe}: SIGReg {name} -> {run_dir}")
+        record = cli_train.main(argv)
+        if record is None:  # only for --list_recipes
+            raise RuntimeError(f"the training CLI returned no results for {recipe}.")
+        results = ensure_run_outputs(run_dir, record, recipe, command)
+        if digits:
+            split = {"test_fraction": DIGITS_TEST_FRACTION, "seed": seed, "train_subset": train_subset}
+            results = _relabel_digits(run_dir, results, command, split)
+        if not keep_checkpoints and digits:
+            for ckpt in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+        write_model_card(run_dir, repo_id=f"sigreg-quickstart-mlp-{name}", extra_limits=_limits(digits))
+        runs.append(results)
+    return runs
 
 
 def _dataset_title(digits: bool, dataset: str) -> str:
