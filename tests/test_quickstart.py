@@ -35,7 +35,7 @@ def test_digits_split_is_stratified_seeded_and_goes_through_the_project_loader(t
     assert datasets.load_from_disk(str(other))["test"]["label"] != raw.eval["label"]
 
 
-def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path, capsys):
+def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path, capsys, monkeypatch):
     out = tmp_path / "qs"
     assert main(["quickstart", "--output_dir", str(out), "--epochs", "2", "--train_subset", "300"]) == 0
     printed = capsys.readouterr().out
@@ -66,6 +66,15 @@ def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path
     assert "(overlay_accuracy.png)" in text and "(weak/loss_curves.png)" in text and "mlp_sgd_strong" in text
     for linked in ("overlay_accuracy.png", "weak/loss_curves.png", "weak/accuracy_curves.png"):
         assert (out / linked).is_file()
+    # the checkpoint re-evaluates to its recorded accuracy on the same digits split, rebuilt from scikit-learn
+    import huggingface_hub.constants
+
+    from sigreg_hf.hub import evaluate_checkpoint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf_home"))
+    again = evaluate_checkpoint(str(out / "weak"))
+    assert again["dataset"] == "sklearn-digits" and again["num_images"] == weak["eval_images"]
+    assert again["top1"] == pytest.approx(weak["final_top1"], abs=1e-3)
 
 
 def test_quickstart_unknown_dataset_fails_fast_with_a_clear_error(tmp_path):
