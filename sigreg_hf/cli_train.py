@@ -327,8 +327,11 @@ def summary_line(results: dict[str, Any]) -> str:
     )
 
 
-def run(parsed: ParsedArgs) -> dict[str, Any]:
-    """Train and evaluate one configuration; return the results record (also written to results.json)."""
+def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; return the results record (also written to results.json).
+
+    ``command`` is the reproduction command recorded in results.json and the model card.
+    """
     args, model_args, data_args, optim_args, run_args = parsed
     start = time.time()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -402,13 +405,18 @@ def run(parsed: ParsedArgs) -> dict[str, Any]:
     )
     results = record
     if trainer.is_world_process_zero():
-        results = write_outputs(record, trainer=trainer, args=args, run_args=run_args)
+        results = write_outputs(record, trainer=trainer, args=args, run_args=run_args, command=command)
         print(summary_line(results), flush=True)
     return results
 
 
 def write_outputs(
-    record: dict[str, Any], *, trainer: SIGRegTrainer, args: SIGRegConfig, run_args: RunArguments
+    record: dict[str, Any],
+    *,
+    trainer: SIGRegTrainer,
+    args: SIGRegConfig,
+    run_args: RunArguments,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Write results.json (+ log CSV, plots, recipe.yaml) through :func:`sigreg_hf.results.write_run_outputs`."""
     from sigreg_hf.results import write_run_outputs
@@ -424,7 +432,7 @@ def write_outputs(
         images_per_second=record["images_per_second"],
         published_top1=run_args.published_top1,
         recipe_config=recipe_config,
-        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        command=command or " ".join(["train.py", *sys.argv[1:]]),
         record=record,
         plots=run_args.write_plots,
         results_file=run_args.results_file,
@@ -433,10 +441,11 @@ def write_outputs(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Entry point of ``scripts/train.py``; returns the results record (None for ``--list_recipes``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parsed = parse_args(argv)
     if parsed is None:
         return None
-    return run(parsed)
+    return run(parsed, command=" ".join(["python scripts/train.py", *argv]))
 
 
 def cli() -> None:

@@ -217,6 +217,27 @@ class SIGRegTrainer(Trainer):
         self._record_metrics(model, task, reg, alpha, layer_losses)
         return (loss, outputs) if return_outputs else loss
 
+    # -- sharing ------------------------------------------------------------------------------------
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Push like ``Trainer.push_to_hub``, but with this project's run outputs and model card.
+
+        Saves the model, writes ``results.json`` / plots / log CSV when missing, builds the card (with
+        ``model-index``) and uploads exactly the files ``scripts/push_to_hub.py`` uploads
+        (:func:`sigreg_hf.hub.trainer_push_to_hub`). ``private`` may be passed as a keyword.
+        """
+        from sigreg_hf.hub import trainer_push_to_hub
+
+        return trainer_push_to_hub(
+            self, commit_message=commit_message, token=token, revision=revision, private=kwargs.get("private")
+        )
+
     # -- logging ------------------------------------------------------------------------------------
     def _record_metrics(
         self, model: nn.Module, task: Tensor, reg: Tensor, alpha: float, layer_losses: dict[str, Tensor]
