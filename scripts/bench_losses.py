@@ -109,14 +109,18 @@ def _one_fwd_bwd(fn: LossFn, x: torch.Tensor) -> float:
 def time_fwd_bwd(fns: dict[str, LossFn], x: torch.Tensor, repeats: int, slow: tuple[str, ...] = ()) -> dict[str, float]:
     """Median seconds of one forward+backward w.r.t. x, for each implementation.
 
-    Implementations are interleaved round by round (after one warm-up call each), so a change in
-    background load hits all of them alike. Names in ``slow`` run in every third round only.
+    Implementations are interleaved round by round, in an order that rotates every round (after one
+    warm-up call each), so background load and allocator state hit all of them alike. Names in ``slow``
+    run in every third round only.
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         _one_fwd_bwd(fn, x)
+    names = list(fns)
     for round_index in range(repeats):
-        for name, fn in fns.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             if name in slow and round_index % 3 and len(samples[name]) >= 2:
                 continue
             samples[name].append(_one_fwd_bwd(fn, x))
@@ -210,9 +214,11 @@ def check_agreement(impls: dict[str, LossFn], x: torch.Tensor) -> dict[str, floa
     return values
 
 
-def run(device: str, quick: bool, memory: bool, shapes: list[tuple[int, int]]) -> str:
+def run(
+    device: str, quick: bool, memory: bool, shapes: list[tuple[int, int]], losses: tuple[str, ...] = ("strong", "weak")
+) -> str:
     out = [machine_description(device), ""]
-    for loss in ("strong", "weak"):
+    for loss in losses:
         out.append(f"### {loss} SIGReg, forward+backward ({device})")
         out.append("")
         header = "| [N, C] | impl | value | median ms | x sigreg_hf time | peak MiB |"
@@ -259,6 +265,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes instead of the default set, e.g. 8320x192")
+    parser.add_argument("--losses", nargs="+", default=["strong", "weak"], choices=["strong", "weak"])
     parser.add_argument("--output", help="also write the Markdown report to this file")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -270,7 +277,7 @@ def main() -> None:
         shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes]
     else:
         shapes = QUICK_SHAPES if args.quick else SHAPES
-    report = run(args.device, args.quick, not args.no_memory, shapes)
+    report = run(args.device, args.quick, not args.no_memory, shapes, tuple(args.losses))
     print("\n" + report)
     if args.output:
         with open(args.output, "w") as handle:
