@@ -13,8 +13,10 @@ Subcommands::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="Side-by-side table (Markdown + CSV) and overlay plots of run directories.")
     p.add_argument("run_dirs", nargs="+", help="Run directories holding results.json.")
     p.add_argument("--output_dir", default=None, help="Where to write results_table.md/.csv and overlay plots.")
+    p.add_argument(
+        "--experiment", default=None, help="Also write summary.json (experiment name, dataset, per-run curves)."
+    )
+    p.add_argument("--dataset_label", default=None, help="Dataset name recorded in summary.json (e.g. cifar10).")
 
     p = sub.add_parser("push", help="Upload a run directory to the Hugging Face Hub.")
     p.add_argument("run_dir")
@@ -131,12 +137,19 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     """Print the table (and write it with the overlay plots when --output_dir is given)."""
-    from sigreg_hf.results import collect_results
+    from sigreg_hf.results import collect_results, experiment_summary
 
-    _, table = collect_results(args.run_dirs, args.output_dir)
+    runs, table = collect_results(args.run_dirs, args.output_dir)
     print(table)
     if args.output_dir:
         print(f"wrote {args.output_dir}/results_table.md, results_table.csv, overlay_accuracy.png, overlay_loss.png")
+    if args.experiment:
+        if not args.output_dir:
+            raise SystemExit("error: --experiment needs --output_dir (where summary.json goes).")
+        summary = experiment_summary(runs, experiment=args.experiment, dataset=args.dataset_label)
+        path = Path(args.output_dir) / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

@@ -645,6 +645,31 @@ def results_table_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def experiment_summary(
+    runs: Sequence[Mapping[str, Any]], *, experiment: str, dataset: str | None = None
+) -> dict[str, Any]:
+    """The compact record of an experiment's runs (``summary.json``): per run, the test top-1 of every epoch
+    (percent), final and best top-1, and wall time."""
+    summary_runs = []
+    for run in runs:
+        curve = [float(v) for v in run.get("test_top1_by_epoch") or []]
+        summary_runs.append(
+            {
+                "recipe": run.get("recipe"),
+                "sigreg_mode": run.get("sigreg_mode"),
+                "seed": run.get("seed"),
+                "train_images": run.get("train_images"),
+                "epochs": run.get("epochs"),
+                "test_top1_by_epoch": curve,
+                "final_top1": run.get("final_top1"),
+                "best_top1": run.get("best_top1"),
+                "wall_seconds": run.get("wall_seconds"),
+            }
+        )
+    dataset = dataset or (runs[0].get("dataset") if runs else None)
+    return {"experiment": experiment, "dataset": dataset, "runs": summary_runs}
+
+
 def collect_results(
     run_dirs: Sequence[str | Path], output_dir: str | Path | None = None, *, plots: bool = True
 ) -> tuple[list[dict[str, Any]], str]:

@@ -180,3 +180,24 @@ def test_load_results_error_names_the_folder(tmp_path):
 def test_library_versions_lists_the_stack():
     versions = library_versions()
     assert versions["torch"] != "not installed" and versions["transformers"] != "not installed"
+
+
+def test_collect_writes_the_experiment_summary(tmp_path):
+    """``--experiment`` writes summary.json in the fixed schema, one entry per run with its whole curve."""
+    dirs = _three_runs(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "collect_results.py"), *map(str, dirs), "--output_dir",
+         str(tmp_path / "out"), "--experiment", "mlp-subset", "--dataset_label", "cifar10"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["experiment"] == "mlp-subset" and summary["dataset"] == "cifar10"
+    keys = {"recipe", "sigreg_mode", "seed", "train_images", "epochs", "test_top1_by_epoch", "final_top1",
+            "best_top1", "wall_seconds"}  # fmt: skip
+    assert [set(run) for run in summary["runs"]] == [keys] * 3
+    for run, directory in zip(summary["runs"], dirs, strict=True):
+        record = load_results(directory)
+        assert run["test_top1_by_epoch"] == record["test_top1_by_epoch"]
+        assert run["best_top1"] == max(run["test_top1_by_epoch"])
+        assert run["sigreg_mode"] == record["sigreg_mode"]
