@@ -20,6 +20,7 @@ import fnmatch
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,10 @@ class HubPushError(RuntimeError):
 # model card
 # --------------------------------------------------------------------------------------------------
 def find_card_template(template_path: str | Path | None = None) -> Path:
-    """The card template: ``template_path``, ``$SIGREG_HF_CARD_TEMPLATE`` or ``<repo>/model_cards/``."""
+    """The card template: ``template_path``, ``$SIGREG_HF_CARD_TEMPLATE``, ``<repo>/model_cards/`` (editable
+    installs) or ``<prefix>/share/sigreg_hf/model_cards/`` (wheel installs)."""
     candidates = [template_path, os.environ.get(CARD_TEMPLATE_ENV)]
+    candidates += [Path(sys.prefix) / "share" / "sigreg_hf" / "model_cards" / CARD_TEMPLATE_NAME]
     candidates += [Path(__file__).resolve().parents[1] / "model_cards" / CARD_TEMPLATE_NAME]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
