@@ -33,6 +33,9 @@ from sigreg_hf.trainer import SIGRegTrainer
 
 logger = logging.getLogger("sigreg_hf.train")
 
+#: Every recipe's published top-1 is a CIFAR-100 number; it is compared only on 100-class data.
+PUBLISHED_NUM_CLASSES = 100
+
 #: Script-level defaults (below the recipe and the command line): evaluate every epoch, keep two
 #: checkpoints, keep the transform's columns, no external loggers.
 BASE_DEFAULTS: dict[str, Any] = {
@@ -385,6 +388,12 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         **trainer_kwargs,
     )
+    if run_args.published_top1 is not None and data.num_classes != PUBLISHED_NUM_CLASSES:
+        logger.info(
+            "The recipe's published top-1 (%.2f%%) is CIFAR-100's; this dataset has %d classes: not compared.",
+            run_args.published_top1, data.num_classes,
+        )
+        run_args.published_top1 = None
     logger.info(
         "Training %s on %s (%d train / %d eval images, %d classes): %d steps/epoch, %d steps, schedule over %d",
         model_args.model_name, data.source, len(data.train), len(data.eval) if data.eval is not None else 0,
@@ -436,6 +445,7 @@ def write_outputs(
         record=record,
         plots=run_args.write_plots,
         results_file=run_args.results_file,
+        compare_published=record.get("num_classes") == PUBLISHED_NUM_CLASSES,
     )
 
 

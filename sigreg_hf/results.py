@@ -399,6 +399,7 @@ def write_run_outputs(
     record: Mapping[str, Any] | None = None,
     plots: bool = True,
     results_file: str = RESULTS_FILE,
+    compare_published: bool = True,
 ) -> dict[str, Any]:
     """Write ``results.json``, ``log_history.csv``, the plots (and ``recipe.yaml``) into ``output_dir``.
 
@@ -425,6 +426,8 @@ def write_run_outputs(
             function computes, which win (accuracies, losses, per-epoch table, versions).
         plots: write the PNG plots (default True).
         results_file: file name of the results JSON inside ``output_dir``.
+        compare_published: False when the run's data is not the data the published number was measured
+            on (e.g. a CIFAR-100 recipe trained on CIFAR-10): no published number, no difference.
 
     Returns:
         The results dict that was written. Accuracies are percentages. ``final_epoch`` is the last evaluated
@@ -448,6 +451,8 @@ def write_run_outputs(
         sigreg_mode = sigreg_mode or recipe_config.get("sigreg_mode")
         if sigreg_alpha is None and recipe_config.get("sigreg_mode", "none") != "none":
             sigreg_alpha = recipe_config.get("sigreg_alpha")
+    if not compare_published:
+        published_top1 = None
         model_name = model_name or recipe_config.get("model_name")
         dataset_name = dataset_name or recipe_config.get("dataset_name")
 
