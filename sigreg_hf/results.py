@@ -201,6 +201,12 @@ def write_log_history_csv(log_history: Sequence[Mapping[str, Any]], path: str | 
 # --------------------------------------------------------------------------------------------------
 # plots
 # --------------------------------------------------------------------------------------------------
+def MaxNLocator(**kwargs: Any) -> Any:  # noqa: N802 - matplotlib's name; imported lazily like the rest
+    from matplotlib.ticker import MaxNLocator as _MaxNLocator
+
+    return _MaxNLocator(**kwargs)
+
+
 def _figure(ncols: int, width: float = 6.0, height: float = 4.2) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -245,12 +251,14 @@ def plot_loss_curves(
         if xs:
             ax_loss.plot(xs, ys, ls, color=color, label=label, marker="o" if len(xs) < 30 else None, ms=3)
     ax_loss.set_xlabel("epoch")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("Loss (total = (1-a)*task + a*SIGReg)" if has_reg else "Loss (cross-entropy)")
     ax_loss.grid(alpha=0.3)
     if ax_loss.lines:
         ax_loss.legend()
     ax_reg.set_xlabel("epoch")
+    ax_reg.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_reg.set_ylabel("SIGReg statistic (mean over tapped layers)")
     ax_reg.set_title("SIGReg part")
     ax_reg.grid(alpha=0.3)
@@ -298,11 +306,12 @@ def plot_accuracy_curves(
     if published_top1 is not None:
         ax.axhline(published_top1, color="#ff7f0e", ls="--", label=f"seed's published top-1 {published_top1:.2f}%")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Test accuracy per epoch")
     ax.grid(alpha=0.3)
     if ax.lines or ax.collections:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     fig.savefig(path, dpi=110)
     return Path(path)
 
@@ -336,11 +345,12 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
         if xs:
             ax.plot(xs, ys, "-", color=color, label=label, marker="o" if len(xs) < 30 else None, ms=3)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title("Test top-1 per epoch")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     acc_path = output_dir / f"{prefix}_accuracy.png"
     fig.savefig(acc_path, dpi=110)
 
@@ -355,6 +365,7 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
                 ax.plot(xs, ys, "-", color=color, label=label, marker="o" if len(xs) < 30 else None, ms=3)
     for ax, split in ((ax_train, "train"), (ax_test, "test")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{split} task loss (cross-entropy)")
         ax.set_title(f"{split.capitalize()} task loss")
         ax.grid(alpha=0.3)
