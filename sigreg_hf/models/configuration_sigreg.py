@@ -49,6 +49,26 @@ def _check_heads(hidden_size: int, num_attention_heads: int) -> None:
         raise ValueError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}.")
 
 
+def _set_vit_geometry(
+    config: PretrainedConfig,
+    image_size: int,
+    patch_size: int,
+    in_chans: int,
+    hidden_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+) -> None:
+    """Validate and set the input geometry and transformer sizes both ViT configs share."""
+    config.image_size = _positive_int("image_size", image_size)
+    config.patch_size = _positive_int("patch_size", patch_size)
+    config.in_chans = _positive_int("in_chans", in_chans)
+    config.hidden_size = _positive_int("hidden_size", hidden_size)
+    config.num_hidden_layers = _positive_int("num_hidden_layers", num_hidden_layers)
+    config.num_attention_heads = _positive_int("num_attention_heads", num_attention_heads)
+    _check_patch_grid(image_size, patch_size)
+    _check_heads(hidden_size, num_attention_heads)
+
+
 class SigregResNetCifarConfig(PretrainedConfig):
     """ResNet18, CIFAR variant: 3x3 stride-1 stem, no max-pool, BasicBlock stages, GAP, linear head.
 
@@ -122,14 +142,9 @@ class SigregViTRopeConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         _set_default_num_labels(kwargs)
-        self.image_size = _positive_int("image_size", image_size)
-        self.patch_size = _positive_int("patch_size", patch_size)
-        self.in_chans = _positive_int("in_chans", in_chans)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_hidden_layers = _positive_int("num_hidden_layers", num_hidden_layers)
-        self.num_attention_heads = _positive_int("num_attention_heads", num_attention_heads)
-        _check_patch_grid(image_size, patch_size)
-        _check_heads(hidden_size, num_attention_heads)
+        _set_vit_geometry(
+            self, image_size, patch_size, in_chans, hidden_size, num_hidden_layers, num_attention_heads
+        )
         if (hidden_size // num_attention_heads) % 4 != 0:
             raise ValueError(
                 f"2-D RoPE needs a head dimension divisible by 4 (two axes x sin/cos pairs); got "
@@ -178,14 +193,9 @@ class SigregViTPeakConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         _set_default_num_labels(kwargs)
-        self.image_size = _positive_int("image_size", image_size)
-        self.patch_size = _positive_int("patch_size", patch_size)
-        self.in_chans = _positive_int("in_chans", in_chans)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_hidden_layers = _positive_int("num_hidden_layers", num_hidden_layers)
-        self.num_attention_heads = _positive_int("num_attention_heads", num_attention_heads)
-        _check_patch_grid(image_size, patch_size)
-        _check_heads(hidden_size, num_attention_heads)
+        _set_vit_geometry(
+            self, image_size, patch_size, in_chans, hidden_size, num_hidden_layers, num_attention_heads
+        )
         self.mlp_ratio = float(mlp_ratio)
         self.qkv_bias = bool(qkv_bias)
         self.drop_path_rate = float(drop_path_rate)
