@@ -388,12 +388,6 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         **trainer_kwargs,
     )
-    if run_args.published_top1 is not None and data.num_classes != PUBLISHED_NUM_CLASSES:
-        logger.info(
-            "The recipe's published top-1 (%.2f%%) is CIFAR-100's; this dataset has %d classes: not compared.",
-            run_args.published_top1, data.num_classes,
-        )
-        run_args.published_top1 = None
     logger.info(
         "Training %s on %s (%d train / %d eval images, %d classes): %d steps/epoch, %d steps, schedule over %d",
         model_args.model_name, data.source, len(data.train), len(data.eval) if data.eval is not None else 0,

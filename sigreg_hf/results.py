@@ -558,8 +558,9 @@ def write_run_outputs(
     if extra:
         results["extra"] = dict(extra)
     if record:
+        withheld = () if compare_published else ("published_top1", "best_minus_published_top1")
         for key, value in record.items():
-            if key not in results or results[key] is None:
+            if (key not in results or results[key] is None) and key not in withheld:
                 results[key] = value
 
     write_log_history_csv(log_history, output_dir / LOG_CSV_FILE)
