@@ -533,7 +533,9 @@ class SIGRegLoss(nn.Module):
             raise ValueError(
                 f"{', '.join(foreign)} do not apply to mode={mode!r}; its options are {', '.join(allowed)}."
             )
-        _use_distributed(distributed)  # validates the value early
+        # Check the value only: the process group may be initialised later (Trainer / accelerate do it).
+        if not (isinstance(distributed, bool) or distributed == "auto"):
+            raise ValueError(f"distributed must be True, False or 'auto'; got {distributed!r}.")
         self.mode = mode
         self.options = {name: value for name, value in given.items() if value is not None}
         self.distributed = distributed

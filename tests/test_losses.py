@@ -303,6 +303,8 @@ def test_module_twin_matches_functional():
         (lambda: sigreg_weak(torch.randn(8, 5), distributed="yes"), r"distributed must be True, False or 'auto'"),
         (lambda: sigreg_strong(torch.randn(8, 5), distributed=True), r"initialised torch.distributed"),
         (lambda: SIGRegLoss(mode="medium"), r"mode must be 'weak' or 'strong'"),
+        (lambda: SIGRegLoss(mode="weak", distributed="yes"), r"distributed must be True, False or 'auto'"),
+        (lambda: SIGRegLoss(mode="weak", distributed=True)(torch.randn(8, 5)), r"initialised torch.distributed"),
         (lambda: SIGRegLoss(mode="weak", num_slices=8), r"num_slices do not apply to mode='weak'"),
         (lambda: SIGRegLoss(mode="strong", sketch_dim=8), r"sketch_dim do not apply to mode='strong'"),
         (lambda: SIGRegLoss(mode="strong")(torch.randn(8, 5), sketch=torch.randn(2, 5)), r"sketch applies"),
@@ -312,6 +314,11 @@ def test_module_twin_matches_functional():
 def test_errors_say_what_is_wrong(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_module_can_be_built_before_the_process_group():
+    """distributed=True is checked when the loss runs, not when the module is built (before accelerate/DDP)."""
+    SIGRegLoss(mode="strong", distributed=True)
 
 
 def test_non_tensor_input_is_a_type_error():
