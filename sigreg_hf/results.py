@@ -34,6 +34,8 @@ __all__ = [
     "RESULTS_FILE",
     "collect_results",
     "epoch_table",
+    "experiment_summary",
+    "group_runs_by_setting",
     "library_versions",
     "load_results",
     "plot_accuracy_curves",
@@ -316,34 +318,65 @@ def plot_accuracy_curves(
     return Path(path)
 
 
+def group_runs_by_setting(runs: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Runs that differ only in their seed, grouped (first-seen order): same recipe (else run name) and mode."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for i, run in enumerate(runs):
+        name = str(run.get("recipe") or run.get("run_name") or f"run {i}")
+        groups.setdefault((name, sigreg_mode_of(run)), []).append(run)
+    return list(groups.values())
+
+
+def _mean_series(series: Sequence[tuple[list[int], list[float]]]) -> tuple[list[int], list[float]]:
+    """Epoch-wise mean over several (epochs, values) series, on the epochs they all have."""
+    common = set(series[0][0]).intersection(*(set(xs) for xs, _ in series[1:]))
+    xs = sorted(common)
+    by_epoch = [dict(zip(sx, sy, strict=True)) for sx, sy in series]
+    return xs, [sum(values[x] for values in by_epoch) / len(by_epoch) for x in xs]
+
+
 def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, prefix: str = "overlay") -> list[Path]:
     """Overlay plots of several runs (e.g. baseline / weak / strong): test top-1 and train/test task loss.
 
-    ``runs`` are results dicts (from :func:`load_results`); each needs its ``per_epoch`` rows. Returns the
-    written paths ``<prefix>_accuracy.png`` and ``<prefix>_loss.png``.
+    ``runs`` are results dicts (from :func:`load_results`); each needs its ``per_epoch`` rows. Runs of one
+    setting with several seeds (:func:`group_runs_by_setting`) share a colour: each seed is a thin line and
+    their epoch-wise mean a thick one. Returns the written paths ``<prefix>_accuracy.png`` and
+    ``<prefix>_loss.png``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     palette = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-    used: dict[str, int] = {}
-
-    def style(run: Mapping[str, Any], i: int) -> tuple[str, str]:
-        mode = sigreg_mode_of(run)
+    groups = group_runs_by_setting(runs)
+    styles: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for i, group in enumerate(groups):
+        mode = sigreg_mode_of(group[0])
         color, mode_label = _MODE_STYLE[mode]
-        used[mode] = used.get(mode, 0) + 1
-        if used[mode] > 1:  # a second run of the same mode: another colour
+        if mode in used:  # a second setting of the same mode: another colour
             color = palette[i % len(palette)]
-        name = str(run.get("run_name") or run.get("recipe") or f"run {i}")
-        label = mode_label if name == mode else f"{name} ({mode_label})"
-        return color, label
+        used.add(mode)
+        name = str(group[0].get("run_name") or group[0].get("recipe") or f"run {i}")
+        label = mode_label if name == mode or len(group) > 1 else f"{name} ({mode_label})"
+        if len(group) > 1:
+            label += f", mean of {len(group)} seeds (thin: each seed)"
+        styles.append((color, label))
+
+    def draw(ax: Any, key: str) -> None:
+        for group, (color, label) in zip(groups, styles, strict=True):
+            series = [s for s in (_series(run.get("per_epoch", []), key) for run in group) if s[0]]
+            if not series:
+                continue
+            marker = "o" if max(len(xs) for xs, _ in series) < 30 else None
+            if len(series) == 1:
+                ax.plot(*series[0], "-", color=color, label=label, marker=marker, ms=3)
+                continue
+            for xs, ys in series:
+                ax.plot(xs, ys, "-", color=color, lw=0.8, alpha=0.35)
+            ax.plot(*_mean_series(series), "-", color=color, lw=2.0, label=label, marker=marker, ms=3)
 
     fig = _figure(1, width=7.5)
     ax = fig.subplots()
-    for i, run in enumerate(runs):
-        color, label = style(run, i)
-        xs, ys = _series(run.get("per_epoch", []), "test_top1")
-        if xs:
-            ax.plot(xs, ys, "-", color=color, label=label, marker="o" if len(xs) < 30 else None, ms=3)
+    draw(ax, "test_top1")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 accuracy (%)")
@@ -354,16 +387,10 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
     acc_path = output_dir / f"{prefix}_accuracy.png"
     fig.savefig(acc_path, dpi=110)
 
-    used.clear()
     fig = _figure(2)
     ax_train, ax_test = fig.subplots(1, 2)
-    for i, run in enumerate(runs):
-        color, label = style(run, i)
-        for ax, key in ((ax_train, "train_task_loss"), (ax_test, "test_task_loss")):
-            xs, ys = _series(run.get("per_epoch", []), key)
-            if xs:
-                ax.plot(xs, ys, "-", color=color, label=label, marker="o" if len(xs) < 30 else None, ms=3)
     for ax, split in ((ax_train, "train"), (ax_test, "test")):
+        draw(ax, f"{split}_task_loss")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{split} task loss (cross-entropy)")
@@ -605,6 +632,7 @@ _TABLE_COLUMNS = (
     ("run", "Run"),
     ("recipe", "Recipe"),
     ("sigreg", "SIGReg"),
+    ("seed", "Seed"),
     ("epochs", "Epochs"),
     ("final_top1", "Final top-1 (%)"),
     ("best_top1", "Best top-1 (%)"),
@@ -625,6 +653,7 @@ def _table_row(results: Mapping[str, Any]) -> dict[str, Any]:
         "run": results.get("run_name") or Path(str(results.get("run_dir", "?"))).name,
         "recipe": results.get("recipe"),
         "sigreg": mode if mode == "none" or alpha in (None, 0) else f"{mode} (a={alpha:g})",
+        "seed": results.get("seed"),
         "epochs": results.get("epochs"),
         "final_top1": results.get("final_top1"),
         "best_top1": results.get("best_top1"),
@@ -662,11 +691,15 @@ def results_table_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+
 def experiment_summary(
     runs: Sequence[Mapping[str, Any]], *, experiment: str, dataset: str | None = None
 ) -> dict[str, Any]:
     """The compact record of an experiment's runs (``summary.json``): per run, the test top-1 of every epoch
-    (percent), final and best top-1, and wall time."""
+    (percent), final and best top-1, and wall time; per setting with several seeds, their mean/min/max."""
     summary_runs = []
     for run in runs:
         curve = [float(v) for v in run.get("test_top1_by_epoch") or []]
@@ -684,7 +717,28 @@ def experiment_summary(
             }
         )
     dataset = dataset or (runs[0].get("dataset") if runs else None)
-    return {"experiment": experiment, "dataset": dataset, "runs": summary_runs}
+    summary: dict[str, Any] = {"experiment": experiment, "dataset": dataset, "runs": summary_runs}
+    seed_groups = []
+    for group in group_runs_by_setting(runs):
+        finals = [v for v in (_finite(r.get("final_top1")) for r in group) if v is not None]
+        bests = [v for v in (_finite(r.get("best_top1")) for r in group) if v is not None]
+        if len(group) < 2 or len(finals) < 2 or len(bests) < 2:
+            continue
+        curves = [[float(v) for v in r.get("test_top1_by_epoch") or []] for r in group]
+        length = min(len(c) for c in curves)
+        seed_groups.append(
+            {
+                "recipe": group[0].get("recipe"),
+                "sigreg_mode": sigreg_mode_of(group[0]),
+                "seeds": [r.get("seed") for r in group],
+                "final_top1": _spread(finals),
+                "best_top1": _spread(bests),
+                "test_top1_by_epoch_mean": [sum(c[e] for c in curves) / len(curves) for e in range(length)],
+            }
+        )
+    if seed_groups:
+        summary["across_seeds"] = seed_groups
+    return summary
 
 
 def collect_results(

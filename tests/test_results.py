@@ -15,6 +15,8 @@ import yaml
 from sigreg_hf.results import (
     collect_results,
     epoch_table,
+    experiment_summary,
+    group_runs_by_setting,
     library_versions,
     load_results,
     results_table_markdown,
@@ -201,3 +203,47 @@ def test_collect_writes_the_experiment_summary(tmp_path):
         assert run["test_top1_by_epoch"] == record["test_top1_by_epoch"]
         assert run["best_top1"] == max(run["test_top1_by_epoch"])
         assert run["sigreg_mode"] == record["sigreg_mode"]
+
+
+def test_seeds_of_one_setting_are_grouped_and_summarised(tmp_path):
+    """Two seeds of weak and one baseline: one group per setting, mean/min/max across seeds, seed column."""
+    dirs = []
+    for name, mode, seed, curve in (("none", "none", 0, [10.0, 20.0, 18.0]), ("weak0", "weak", 0, [12.0, 25.0, 30.0]),
+                                    ("weak1", "weak", 1, [14.0, 21.0, 26.0])):  # fmt: skip
+        write_run_outputs(tmp_path / name, log_history=fake_log_history(curve, sigreg=mode != "none"),
+                          recipe=f"mlp_sgd_{mode}", seed=seed, epochs=3, sigreg_mode=mode,
+                          sigreg_alpha=0.1 if mode == "weak" else None)  # fmt: skip
+        dirs.append(tmp_path / name)
+    runs, table = collect_results(dirs, tmp_path / "cmp")
+    assert [[r["seed"] for r in g] for g in group_runs_by_setting(runs)] == [[0], [0, 1]]
+    assert "| Seed |" in table.splitlines()[0]
+    assert [line.split("|")[4].strip() for line in table.strip().splitlines()[2:]] == ["0", "0", "1"]
+    summary = experiment_summary(runs, experiment="x")
+    assert len(summary["runs"]) == 3
+    (weak,) = summary["across_seeds"]  # the single-seed baseline has no aggregate
+    assert weak["recipe"] == "mlp_sgd_weak" and weak["seeds"] == [0, 1]
+    assert weak["final_top1"] == pytest.approx({"mean": 28.0, "min": 26.0, "max": 30.0})
+    assert weak["best_top1"] == pytest.approx({"mean": 28.0, "min": 26.0, "max": 30.0})
+    assert weak["test_top1_by_epoch_mean"] == pytest.approx([13.0, 23.0, 28.0])
+    for name in ("overlay_accuracy.png", "overlay_loss.png"):
+        assert (tmp_path / "cmp" / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
+    """The accuracy overlay has a thin line per seed and one labelled mean line for a multi-seed setting."""
+    import sigreg_hf.results as results_module
+
+    dirs = []
+    for seed, curve in ((0, [12.0, 25.0, 30.0]), (1, [14.0, 21.0, 26.0])):
+        write_run_outputs(tmp_path / f"s{seed}", log_history=fake_log_history(curve, sigreg=True),
+                          recipe="mlp_sgd_weak", seed=seed, epochs=3, sigreg_mode="weak", sigreg_alpha=0.1)  # fmt: skip
+        dirs.append(tmp_path / f"s{seed}")
+    figures = []
+    real_figure = results_module._figure
+    monkeypatch.setattr(results_module, "_figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
+    results_module.plot_overlay([load_results(d) for d in dirs], tmp_path / "out")
+    lines = figures[0].axes[0].get_lines()
+    assert len(lines) == 3
+    labelled = [line for line in lines if not line.get_label().startswith("_")]
+    assert len(labelled) == 1 and "mean of 2 seeds" in labelled[0].get_label()
+    assert list(labelled[0].get_ydata()) == pytest.approx([13.0, 23.0, 28.0])
