@@ -95,6 +95,13 @@ class SIGRegConfig(TrainingArguments):
             "choices": list(SIGREG_POOLINGS),
         },
     )
+    sigreg_mask_padding: bool = field(
+        default=True,
+        metadata={
+            "help": "Pool token states [B, L, D] over real tokens only, using the batch's attention_mask "
+            "(mean of real tokens; 'flatten' keeps real tokens). False: padding counts like any token."
+        },
+    )
     sigreg_sketch_dim: int = field(
         default=64,
         metadata={"help": "Sketch dimension k (weak) and number of random slices (strong)."},

@@ -279,7 +279,7 @@ def first_tensor(output: Any) -> Tensor | None:
     return None
 
 
-def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
+def pool_hidden_state(x: Tensor, pooling: str = "auto", *, token_mask: Tensor | None = None) -> Tensor:
     """Reduce a hidden state to ``[N, C]``.
 
     * ``[B, C, H, W]`` feature maps: average over H, W (``"auto"``/``"mean"``); ``"flatten"`` makes
@@ -288,6 +288,11 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
       every token a sample (``"flatten"``, ``[B*L, D]``);
     * ``[B, D]``: as is (any pooling);
     * ``"none"``: the tensor must already be ``[N, C]``.
+
+    ``token_mask`` (``[B, L]``, nonzero = real token, e.g. a tokenizer's ``attention_mask``) keeps padding
+    out of token states: ``"mean"`` averages the real tokens of each row and ``"flatten"`` keeps only
+    real tokens (``[num_real_tokens, D]``); ``"cls"`` takes the first token regardless. It is ignored for
+    ``[B, D]`` and feature-map inputs.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
@@ -299,10 +304,12 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
             "Use 'auto', 'mean', 'cls' or 'flatten'."
         )
     if x.dim() == 3:
-        if pooling in ("auto", "mean"):
-            return x.mean(dim=1)
         if pooling == "cls":
             return x[:, 0]
+        if token_mask is not None:
+            return _pool_real_tokens(x, token_mask, pooling)
+        if pooling in ("auto", "mean"):
+            return x.mean(dim=1)
         return x.reshape(-1, x.shape[-1])
     if x.dim() >= 4:
         if pooling == "cls":
@@ -313,10 +320,28 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto") -> Tensor:
     raise ValueError(f"cannot pool a hidden state of shape {tuple(x.shape)} to [N, C].")
 
 
+def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str) -> Tensor:
+    if token_mask.shape != x.shape[:2]:
+        raise ValueError(
+            f"token_mask has shape {tuple(token_mask.shape)} but the token states are {tuple(x.shape)} "
+            f"([B, L, D] needs a [B, L] = {tuple(x.shape[:2])} mask). A layer whose sequence length differs "
+            "from the inputs' needs its own mask: set sigreg_mask_padding=False or override select_hidden_states."
+        )
+    real = token_mask.to(device=x.device) != 0
+    if pooling == "flatten":
+        return x[real]
+    counts = real.sum(dim=1)
+    if bool((counts == 0).any()):
+        rows = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"token_mask rows {rows} have no real token: every row needs at least one nonzero entry.")
+    weights = real.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / counts.unsqueeze(-1).to(x.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # the regulariser
 # ----------------------------------------------------------------------------------------------
-_OPTION_NAMES = ("mode", "layers", "pooling", "sketch_dim", "num_points", "t_max", "seed")
+_OPTION_NAMES = ("mode", "layers", "pooling", "mask_padding", "sketch_dim", "num_points", "t_max", "seed")
 
 
 class SIGRegulariser:
@@ -331,6 +356,8 @@ class SIGRegulariser:
         layers: ``"auto"`` or a list of regexes (``re.fullmatch`` on ``named_modules()`` names).
         pooling: ``"auto"`` (per shape, or the preset's choice), ``"mean"``, ``"cls"``, ``"flatten"``
             or ``"none"``.
+        mask_padding: pool token states ``[B, L, D]`` over real tokens only when :meth:`loss` gets an
+            ``attention_mask`` (see :func:`pool_hidden_state`).
         sketch_dim: weak sketch dimension k and number of strong slices.
         num_points, t_max: the strong statistic's quadrature.
         seed: run seed of the sketch generator (with the step and the layer index).
@@ -349,6 +376,7 @@ class SIGRegulariser:
         mode: str | None = None,
         layers: str | list[str] | None = None,
         pooling: str | None = None,
+        mask_padding: bool | None = None,
         sketch_dim: int | None = None,
         num_points: int | None = None,
         t_max: float | None = None,
@@ -362,6 +390,7 @@ class SIGRegulariser:
             "mode": "weak",
             "layers": ["auto"],
             "pooling": "auto",
+            "mask_padding": True,
             "sketch_dim": 64,
             "num_points": 17,
             "t_max": 5.0,
@@ -376,6 +405,7 @@ class SIGRegulariser:
             "mode": mode,
             "layers": layers,
             "pooling": pooling,
+            "mask_padding": mask_padding,
             "sketch_dim": sketch_dim,
             "num_points": num_points,
             "t_max": t_max,
@@ -386,6 +416,8 @@ class SIGRegulariser:
             raise ValueError(f"mode must be one of {MODES}; got {options['mode']!r}.")
         if options["pooling"] not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {options['pooling']!r}.")
+        if not isinstance(options["mask_padding"], bool):
+            raise ValueError(f"mask_padding must be True or False; got {options['mask_padding']!r}.")
         for name, minimum in (("sketch_dim", 1), ("num_points", 2)):
             value = options[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -393,6 +425,7 @@ class SIGRegulariser:
 
         self.model = model
         self.mode: str = options["mode"]
+        self.mask_padding: bool = options["mask_padding"]
         self.sketch_dim: int = options["sketch_dim"]
         self.num_points: int = options["num_points"]
         self.t_max: float = float(options["t_max"])
@@ -479,8 +512,12 @@ class SIGRegulariser:
         """
         return captured
 
-    def pooled(self, outputs: Any = None) -> dict[str, Tensor]:
-        """The selected hidden states reduced to ``[N, C]``, by name."""
+    def pooled(self, outputs: Any = None, *, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The selected hidden states reduced to ``[N, C]``, by name.
+
+        With ``attention_mask`` (``[B, L]``) and :attr:`mask_padding`, token states ``[B, L, D]`` are
+        pooled over their real tokens only; other shapes do not use it.
+        """
         selected = self.select_hidden_states(dict(self._captured), outputs)
         if not selected:
             raise RuntimeError(
@@ -488,7 +525,17 @@ class SIGRegulariser:
                 "`with regulariser:` (or after attach()), and check that the tapped modules "
                 f"{self.layer_names} are used by forward."
             )
-        return {name: pool_hidden_state(tensor, self.pooling) for name, tensor in selected.items()}
+        mask = attention_mask if self.mask_padding else None
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 2):
+            raise ValueError(
+                f"attention_mask must be a [B, L] tensor to mask padding; got "
+                f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}. "
+                "Pass the tokenizer's 2-D mask, or set mask_padding=False (sigreg_mask_padding=False)."
+            )
+        return {
+            name: pool_hidden_state(tensor, self.pooling, token_mask=mask if tensor.dim() == 3 else None)
+            for name, tensor in selected.items()
+        }
 
     def layer_loss(self, x: Tensor, *, step: int, layer_index: int) -> Tensor:
         """The chosen statistic of one ``[N, C]`` hidden state, with the (seed, step, layer) generator."""
@@ -498,13 +545,17 @@ class SIGRegulariser:
             return sigreg_strong(x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max, **common)
         return sigreg_weak(x, sketch_dim=self.sketch_dim, **common)
 
-    def loss(self, outputs: Any = None, *, step: int | None = None) -> Tensor:
+    def loss(
+        self, outputs: Any = None, *, step: int | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """Mean over the selected layers of the statistic (float32 0-dim tensor).
 
         Args:
             outputs: the model's outputs, handed to :meth:`select_hidden_states`.
             step: the global (optimiser) step seeding the sketches; when None, the number of previous
                 ``loss()`` calls is used. Under DDP pass the global step so all ranks agree.
+            attention_mask: the batch's ``[B, L]`` padding mask; token states are pooled over real
+                tokens only (unless ``mask_padding=False``).
 
         Per-layer values (with their graphs) are left in :attr:`layer_losses`.
         """
@@ -513,7 +564,7 @@ class SIGRegulariser:
         if step is None:
             step = self._calls
         self._calls += 1
-        pooled = self.pooled(outputs)
+        pooled = self.pooled(outputs, attention_mask=attention_mask)
         losses = {
             name: self.layer_loss(x, step=step, layer_index=index) for index, (name, x) in enumerate(pooled.items())
         }
@@ -524,6 +575,6 @@ class SIGRegulariser:
 
     def __repr__(self) -> str:
         return (
-            f"SIGRegulariser(mode={self.mode!r}, pooling={self.pooling!r}, sketch_dim={self.sketch_dim}, "
-            f"layers={self.layer_names})"
+            f"SIGRegulariser(mode={self.mode!r}, pooling={self.pooling!r}, mask_padding={self.mask_padding}, "
+            f"sketch_dim={self.sketch_dim}, layers={self.layer_names})"
         )

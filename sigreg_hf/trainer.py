@@ -207,7 +207,7 @@ class SIGRegTrainer(Trainer):
         try:
             with contextlib.nullcontext() if regulariser.is_attached else regulariser:
                 task, outputs = self.task_loss(model, inputs, num_items_in_batch)
-                reg = regulariser.loss(outputs, step=step)
+                reg = regulariser.loss(outputs, step=step, attention_mask=inputs.get("attention_mask"))
                 layer_losses = regulariser.layer_losses
         finally:
             regulariser.enabled = False

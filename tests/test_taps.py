@@ -47,6 +47,74 @@ def test_pooling_shapes_and_values():
         assert pool_hidden_state(vectors, pooling) is vectors
 
 
+def test_token_mask_pools_real_tokens_only():
+    tokens = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    expected_mean = torch.stack([tokens[0, :3].mean(0), tokens[1].mean(0), tokens[2, 0]])
+    torch.testing.assert_close(pool_hidden_state(tokens, "mean", token_mask=mask), expected_mean)
+    torch.testing.assert_close(pool_hidden_state(tokens, "auto", token_mask=mask.bool()), expected_mean)
+    expected_flat = torch.cat([tokens[0, :3], tokens[1], tokens[2, :1]])
+    torch.testing.assert_close(pool_hidden_state(tokens, "flatten", token_mask=mask), expected_flat)
+    torch.testing.assert_close(pool_hidden_state(tokens, "cls", token_mask=mask), tokens[:, 0])
+    # an all-ones mask changes nothing
+    ones = torch.ones(3, 5, dtype=torch.long)
+    torch.testing.assert_close(pool_hidden_state(tokens, "mean", token_mask=ones), tokens.mean(1))
+    # gradients reach only the real tokens
+    leaf = tokens.clone().requires_grad_(True)
+    pool_hidden_state(leaf, "mean", token_mask=mask).sum().backward()
+    assert torch.all(leaf.grad[0, 3:] == 0) and torch.all(leaf.grad[0, :3] != 0)
+
+
+def test_token_mask_errors():
+    tokens = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match=r"token_mask has shape \(2, 6\).*sigreg_mask_padding=False"):
+        pool_hidden_state(tokens, "mean", token_mask=torch.ones(2, 6))
+    with pytest.raises(ValueError, match=r"rows \[1\] have no real token"):
+        pool_hidden_state(tokens, "mean", token_mask=torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_padding_does_not_change_the_loss_of_text_models(family):
+    """Extra (right) padding leaves the real tokens' hidden states unchanged, so the masked loss is unchanged;
+    without the mask the padding tokens enter the statistic."""
+    model = FAMILIES[family].model().eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 60, (48, 8), generator=g)  # more rows than the width, so the covariance has full rank
+    lengths = torch.randint(2, 9, (48,), generator=g)
+    mask = (torch.arange(8) < lengths[:, None]).long()
+    padded_ids = torch.cat([ids * mask, torch.zeros(48, 4, dtype=torch.long)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(48, 4, dtype=torch.long)], dim=1)
+    for pooling in ("mean", "flatten"):
+        for masked in (True, False):
+            reg = SIGRegulariser(model, mode="weak", pooling=pooling, mask_padding=masked, sketch_dim=16)
+            pooled, values = [], []
+            for x, m in ((ids * mask, mask), (padded_ids, padded_mask)):
+                with reg, torch.no_grad():
+                    model(input_ids=x, attention_mask=m)
+                    pooled.append(torch.cat(list(reg.pooled(attention_mask=m).values()), dim=1))
+                    values.append(reg.loss(step=3, attention_mask=m).item())
+            if masked:
+                assert pooled[0].shape[0] == (int(mask.sum()) if pooling == "flatten" else 48)
+                torch.testing.assert_close(pooled[0], pooled[1], rtol=1e-4, atol=1e-5)
+                assert values[0] == pytest.approx(values[1], rel=1e-5)
+            elif pooling == "flatten":  # every position is a sample, padding included
+                assert pooled[0].shape[0] == 48 * 8 and pooled[1].shape[0] == 48 * 12
+            else:
+                assert (pooled[0] - pooled[1]).abs().max() > 1e-2
+
+
+def test_attention_mask_must_be_two_dimensional():
+    model = FAMILIES["bert"].model()
+    reg = SIGRegulariser(model, mode="weak")
+    ids = torch.randint(1, 60, (4, 8))
+    with reg:
+        model(input_ids=ids)
+        with pytest.raises(ValueError, match=r"attention_mask must be a \[B, L\] tensor.*mask_padding=False"):
+            reg.loss(attention_mask=torch.ones(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="mask_padding must be True or False"):
+        SIGRegulariser(model, mode="weak", mask_padding="yes")
+
+
 @pytest.mark.parametrize(
     ("shape", "pooling", "message"),
     [

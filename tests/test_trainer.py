@@ -477,3 +477,24 @@ def test_evaluation_during_training_is_logged_with_prefix(tmp_path):
     for e in trains:
         assert {"task_loss", "sigreg_loss"} <= set(e) and "eval_task_loss" not in e
         assert e["loss"] == pytest.approx(0.9 * e["task_loss"] + 0.1 * e["sigreg_loss"], rel=1e-5)
+
+
+def test_trainer_pools_text_states_over_real_tokens(tmp_path):
+    """compute_loss hands the batch's attention_mask to the regulariser: extra padding leaves the loss as is."""
+    model = FAMILIES["bert"].model().eval()
+    ids = torch.randint(1, 60, (6, 8), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(8) < torch.tensor([8, 5, 3, 8, 6, 2])[:, None]).long()
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    short = {"input_ids": ids * mask, "attention_mask": mask, "labels": labels}
+    long = {"input_ids": torch.cat([ids * mask, torch.zeros(6, 4, dtype=torch.long)], 1),
+            "attention_mask": torch.cat([mask, torch.zeros(6, 4, dtype=torch.long)], 1), "labels": labels}  # fmt: skip
+    values = {}
+    for masked in (True, False):
+        trainer = SIGRegTrainer(
+            model=model,
+            args=training_args(tmp_path, sigreg_mode="weak", sigreg_alpha=0.5, sigreg_mask_padding=masked),
+        )
+        with torch.no_grad():
+            values[masked] = [trainer.compute_loss(model, dict(batch)).item() for batch in (short, long)]
+    assert values[True][0] == pytest.approx(values[True][1], rel=1e-4)
+    assert values[False][0] != pytest.approx(values[False][1], rel=1e-2)
