@@ -137,7 +137,7 @@ class SIGRegMonitorCallback(TrainerCallback):
         try:
             with reg:
                 base(*args, **kwargs)
-                pooled = reg.pooled()
+                pooled = reg.pooled(attention_mask=kwargs.get("attention_mask"))
         finally:
             base.train(was_training)
         metrics: dict[str, float] = {}

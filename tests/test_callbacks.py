@@ -86,3 +86,19 @@ def test_monitor_errors():
     monitor = SIGRegMonitorCallback(torch.randn(8, 3, IMAGE, IMAGE), layers=["nope"])
     with pytest.raises(ValueError, match="match no module"):
         monitor.compute(TinyMLP())
+
+
+def test_monitor_ignores_padding_of_a_held_text_batch():
+    """The held batch's attention_mask keeps padding out: extra pad tokens leave the diagnostics as they were."""
+    model = FAMILIES["bert"].model()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 60, (48, 8), generator=g)
+    mask = (torch.arange(8) < torch.randint(2, 9, (48,), generator=g)[:, None]).long()
+    pad = torch.zeros(48, 4, dtype=torch.long)
+    short = SIGRegMonitorCallback({"input_ids": ids * mask, "attention_mask": mask}, sketch_dim=16).compute(model)
+    long = SIGRegMonitorCallback(
+        {"input_ids": torch.cat([ids * mask, pad], 1), "attention_mask": torch.cat([mask, pad], 1)}, sketch_dim=16
+    ).compute(model)
+    assert short.keys() == long.keys()
+    for key, value in short.items():
+        assert long[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
