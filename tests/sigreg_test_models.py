@@ -222,3 +222,19 @@ def training_args(out: Any, **overrides: Any):
 
 def losses(log_history: list[dict], key: str = "loss") -> list[float]:
     return [entry[key] for entry in log_history if key in entry and "train_runtime" not in entry]
+
+
+def torchrun_ranks(worker_script: str, out: Any, nproc: int = 2, timeout: int = 300) -> list[dict]:
+    """Run ``tests/<worker_script> OUT`` under torchrun (gloo, 1 thread each); load each rank's ``rank{r}.pt``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(here.parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(here / worker_script), str(out)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [torch.load(Path(out) / f"rank{r}.pt") for r in range(nproc)]

@@ -7,14 +7,10 @@ FSDP's gradient averaging. Losses and the parameters after 3 SGD steps must matc
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import fsdp_worker as worker
 import pytest
 import torch
+from sigreg_test_models import torchrun_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -23,15 +19,7 @@ CASES = [f"{family}-{mode}" for family, mode in worker.CASES]
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("fsdp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(Path(__file__).parent / "fsdp_worker.py"), str(out),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return torchrun_ranks("fsdp_worker.py", tmp_path_factory.mktemp("fsdp"))
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import distributed_losses_worker as worker
 import pytest
 import torch
+from sigreg_test_models import torchrun_ranks
 
 from sigreg_hf import sigreg_strong, sigreg_weak
 
@@ -18,15 +14,7 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("dist")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(Path(__file__).parent / "distributed_losses_worker.py"), str(out),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return torchrun_ranks("distributed_losses_worker.py", tmp_path_factory.mktemp("dist"))
 
 
 def test_every_rank_returns_the_global_batch_loss(ranks):
