@@ -217,6 +217,11 @@ def _largest_block_list(model: nn.Module) -> list[str] | None:
     return None if best is None else [re.escape(best[1]) + r"\.\d+"]
 
 
+def _is_causal_lm(model: nn.Module) -> bool:
+    """A transformers causal-LM head class (``*ForCausalLM`` / ``*LMHeadModel``): every token is a sample."""
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
 def auto_taps(model: nn.Module) -> tuple[list[str], str]:
     """The paper-style taps of ``model``: ``(patterns, pooling)``.
 
@@ -224,7 +229,8 @@ def auto_taps(model: nn.Module) -> tuple[list[str], str]:
     for transformers ResNet (each residual block), ViT / BERT (each transformer block), GPT-2 (each
     block, tokens flattened); a timm model (also inside ``TimmWrapperForImageClassification``: each of
     its blocks); a plain MLP (each hidden Linear, i.e. pre-activations); otherwise the longest list
-    of identical blocks.
+    of identical blocks (e.g. Llama/Qwen/Mistral decoder layers), with tokens flattened for a causal LM
+    (``[B*L, D]``, so a few long sequences still give many samples) and mean-pooled otherwise.
 
     Raises:
         ValueError: no preset applies; the message lists the module names to choose from.
@@ -251,7 +257,7 @@ def auto_taps(model: nn.Module) -> tuple[list[str], str]:
         return found, "none"
     found = _largest_block_list(base)
     if found:
-        return found, "auto"
+        return found, "flatten" if _is_causal_lm(base) else "auto"
     raise ValueError(
         f"sigreg_layers='auto' has no preset for {type(base).__name__}: pass module-name regexes "
         "(sigreg_layers=[...]) or set the class attribute sigreg_tap_patterns. Available module names:\n  "

@@ -86,7 +86,7 @@ class Family:
     def data(self, n: int, seed: int = 0) -> DictDataset:
         if self.name == "bert":
             return text_data(n, seed)
-        if self.name == "gpt2":
+        if self.name in ("gpt2", "llama"):
             return text_data(n, seed, lm=True)
         return image_data(n, seed)
 
@@ -97,6 +97,8 @@ def build_model(name: str) -> nn.Module:
         BertForSequenceClassification,
         GPT2Config,
         GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
         ResNetConfig,
         ResNetForImageClassification,
         TimmWrapperConfig,
@@ -154,6 +156,18 @@ def build_model(name: str) -> nn.Module:
                 eos_token_id=0,
             )
         )
+    if name == "llama":  # no preset: found by the generic fallback, tokens flattened as a causal LM
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                max_position_embeddings=32,
+            )
+        )
     if name == "timm":
         return TimmWrapperForImageClassification(
             TimmWrapperConfig(
@@ -176,6 +190,7 @@ FAMILIES = {
     ),
     "bert": Family("bert", ["bert.encoder.layer.0", "bert.encoder.layer.1"]),
     "gpt2": Family("gpt2", ["transformer.h.0", "transformer.h.1"]),
+    "llama": Family("llama", ["model.layers.0", "model.layers.1"]),
     "timm": Family("timm", ["timm_model.blocks.0", "timm_model.blocks.1"]),
     "mlp": Family("mlp", ["net.1", "net.3"]),
 }

@@ -73,7 +73,7 @@ def test_token_mask_errors():
         pool_hidden_state(tokens, "mean", token_mask=torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]))
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_padding_does_not_change_the_loss_of_text_models(family):
     """Extra (right) padding leaves the real tokens' hidden states unchanged, so the masked loss is unchanged;
     without the mask the padding tokens enter the statistic."""
@@ -147,7 +147,7 @@ def test_auto_taps_land_on_the_papers_modules(family):
     model = fam.model()
     reg = SIGRegulariser(model, mode="weak")
     assert reg.layer_names == fam.taps
-    expected_pooling = {"gpt2": "flatten", "mlp": "none"}.get(family, "mean" if family != "timm" else "auto")
+    expected_pooling = {"gpt2": "flatten", "llama": "flatten", "mlp": "none", "timm": "auto"}.get(family, "mean")
     assert reg.pooling == expected_pooling
 
 
