@@ -454,7 +454,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
         trainer.add_callback(leftovers)
         trainer.train()
         assert leftovers.counts == [0, 0, 0]
-        assert trainer.model.is_gradient_checkpointing == checkpointing
+        assert trainer.model.is_activation_checkpointing == checkpointing
         runs.append(trainer.state.log_history)
     for key in ("loss", "task_loss", "sigreg_loss"):
         assert losses(runs[1], key) == pytest.approx(losses(runs[0], key), rel=1e-5)
