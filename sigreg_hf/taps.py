@@ -98,7 +98,11 @@ def step_generator(seed: int, step: int, layer_index: int) -> torch.Generator:
 # model plumbing
 # ----------------------------------------------------------------------------------------------
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Look through DDP / DataParallel / FSDP1 / ``torch.compile`` wrappers to the user's model."""
+    """Look through DDP / DataParallel / FSDP1 / DeepSpeed / ``torch.compile`` / PEFT wrappers to the user's model.
+
+    A PEFT model (LoRA etc.) unwraps to its base model, whose module names are the ones the user knows
+    (``model.layers.0``, not ``base_model.model.model.layers.0``); the adapters live inside its modules.
+    """
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -108,6 +112,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             continue
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
+            continue
+        if type(model).__module__.startswith("peft.") and callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
             continue
         cls_name = type(model).__name__
         if cls_name in ("FullyShardedDataParallel", "DeepSpeedEngine") and isinstance(
@@ -222,6 +229,20 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
+def default_pooling(model: nn.Module) -> str:
+    """The pooling ``"auto"`` means for ``model`` whichever layers are tapped: the class's
+    ``sigreg_tap_pooling``, the architecture preset's, ``"flatten"`` for a causal LM, else ``"auto"`` (per shape).
+    """
+    base = unwrap_model(model)
+    pooling = getattr(type(base), "sigreg_tap_pooling", None)
+    if pooling:
+        return str(pooling)
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
+    if model_type in _TRANSFORMERS_PRESETS:
+        return _TRANSFORMERS_PRESETS[model_type][1]
+    return "flatten" if _is_causal_lm(base) else "auto"
+
+
 def auto_taps(model: nn.Module) -> tuple[list[str], str]:
     """The paper-style taps of ``model``: ``(patterns, pooling)``.
 
@@ -257,7 +278,7 @@ def auto_taps(model: nn.Module) -> tuple[list[str], str]:
         return found, "none"
     found = _largest_block_list(base)
     if found:
-        return found, "flatten" if _is_causal_lm(base) else "auto"
+        return found, default_pooling(base)
     raise ValueError(
         f"sigreg_layers='auto' has no preset for {type(base).__name__}: pass module-name regexes "
         "(sigreg_layers=[...]) or set the class attribute sigreg_tap_patterns. Available module names:\n  "
@@ -440,9 +461,10 @@ class SIGRegulariser:
         self.check_finite = check_finite
 
         patterns = normalise_layers(options["layers"])
-        preset_pooling = "auto"
         if patterns == ["auto"]:
             patterns, preset_pooling = auto_taps(model)
+        else:
+            preset_pooling = default_pooling(model)
         self.patterns: list[str] = list(patterns)
         self.pooling: str = options["pooling"] if options["pooling"] != "auto" else preset_pooling
         self.layer_names: list[str] = resolve_taps(model, self.patterns)

@@ -498,3 +498,34 @@ def test_trainer_pools_text_states_over_real_tokens(tmp_path):
             values[masked] = [trainer.compute_loss(model, dict(batch)).item() for batch in (short, long)]
     assert values[True][0] == pytest.approx(values[True][1], rel=1e-4)
     assert values[False][0] != pytest.approx(values[False][1], rel=1e-2)
+
+
+def test_lora_adapters_train_with_sigreg_on_the_base_models_layer_names(tmp_path):
+    """A PEFT (LoRA) causal LM: taps use the base model's names, the regulariser's gradient reaches the adapters
+    through the tapped blocks, and the frozen base weights stay as they were."""
+    from peft import LoraConfig, get_peft_model
+
+    base = FAMILIES["llama"].model()
+    frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    args = training_args(
+        tmp_path, max_steps=4, sigreg_mode="weak", sigreg_alpha=0.5, sigreg_layers=[r"model\.layers\.\d+"]
+    )
+    trainer = SIGRegTrainer(model=model, args=args, train_dataset=FAMILIES["llama"].data(32))
+    assert trainer.regulariser.layer_names == ["model.layers.0", "model.layers.1"]
+    assert trainer.regulariser.pooling == "flatten"
+    trainer.train()
+    assert len(losses(trainer.state.log_history, "sigreg_loss")) == 4
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(after[n].detach(), p) for n, p in adapters.items() if "lora_B" in n)
+    for name, value in base.named_parameters():
+        if "lora_" not in name:
+            torch.testing.assert_close(value.detach(), frozen[name.replace(".base_layer", "")], rtol=0, atol=0)
+    # the regulariser alone moves the adapters: its gradient flows through the LoRA-adapted blocks
+    model.zero_grad()
+    with trainer.regulariser:
+        model(input_ids=torch.randint(0, 60, (8, 8)))
+        trainer.regulariser.loss(step=0).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
