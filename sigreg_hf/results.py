@@ -20,6 +20,7 @@ pyplot backend is never changed.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import platform
@@ -60,7 +61,7 @@ _LIBRARIES = (
     "huggingface-hub", "safetensors", "numpy", "scikit-learn", "matplotlib",
 )  # fmt: skip
 
-_MODE_STYLE = {"none": ("#444444", "baseline (no SIGReg)"), "weak": ("#1f77b4", "weak SIGReg"),
+_MODE_STYLE = {"none": ("#444444", "baseline, no SIGReg"), "weak": ("#1f77b4", "weak SIGReg"),
                "strong": ("#d62728", "strong SIGReg")}  # fmt: skip
 
 
@@ -338,7 +339,8 @@ def _mean_series(series: Sequence[tuple[list[int], list[float]]]) -> tuple[list[
 def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, prefix: str = "overlay") -> list[Path]:
     """Overlay plots of several runs (e.g. baseline / weak / strong): test top-1 and train/test task loss.
 
-    ``runs`` are results dicts (from :func:`load_results`); each needs its ``per_epoch`` rows. Runs of one
+    ``runs`` are results dicts (from :func:`load_results`); each needs its ``per_epoch`` rows. The accuracy
+    figure has the per-epoch test top-1 and its best-so-far (what the seed's tables report). Runs of one
     setting with several seeds (:func:`group_runs_by_setting`) share a colour: each seed is a thin line and
     their epoch-wise mean a thick one. Returns the written paths ``<prefix>_accuracy.png`` and
     ``<prefix>_loss.png``.
@@ -356,14 +358,16 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
             color = palette[i % len(palette)]
         used.add(mode)
         name = str(group[0].get("run_name") or group[0].get("recipe") or f"run {i}")
-        label = mode_label if name == mode or len(group) > 1 else f"{name} ({mode_label})"
+        label = mode_label if name == mode else f"{name}: {mode_label}"
         if len(group) > 1:
             label += f", mean of {len(group)} seeds (thin: each seed)"
         styles.append((color, label))
 
-    def draw(ax: Any, key: str) -> None:
+    def draw(ax: Any, key: str, best_so_far: bool = False) -> None:
         for group, (color, label) in zip(groups, styles, strict=True):
             series = [s for s in (_series(run.get("per_epoch", []), key) for run in group) if s[0]]
+            if best_so_far:
+                series = [(xs, list(itertools.accumulate(ys, max))) for xs, ys in series]
             if not series:
                 continue
             marker = "o" if max(len(xs) for xs, _ in series) < 30 else None
@@ -374,16 +378,16 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
                 ax.plot(xs, ys, "-", color=color, lw=0.8, alpha=0.35)
             ax.plot(*_mean_series(series), "-", color=color, lw=2.0, label=label, marker=marker, ms=3)
 
-    fig = _figure(1, width=7.5)
-    ax = fig.subplots()
-    draw(ax, "test_top1")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("Test top-1 per epoch")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(loc="best")
+    fig = _figure(2)
+    for ax, best_so_far in zip(fig.subplots(1, 2), (False, True), strict=True):
+        draw(ax, "test_top1", best_so_far)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("best-so-far test top-1 (%)" if best_so_far else "test top-1 accuracy (%)")
+        ax.set_title("Best test top-1 up to each epoch" if best_so_far else "Test top-1 per epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(loc="lower right", fontsize="small")
     acc_path = output_dir / f"{prefix}_accuracy.png"
     fig.savefig(acc_path, dpi=110)
 

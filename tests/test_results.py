@@ -234,7 +234,7 @@ def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
     import sigreg_hf.results as results_module
 
     dirs = []
-    for seed, curve in ((0, [12.0, 25.0, 30.0]), (1, [14.0, 21.0, 26.0])):
+    for seed, curve in ((0, [12.0, 25.0, 20.0]), (1, [14.0, 21.0, 26.0])):
         write_run_outputs(tmp_path / f"s{seed}", log_history=fake_log_history(curve, sigreg=True),
                           recipe="mlp_sgd_weak", seed=seed, epochs=3, sigreg_mode="weak", sigreg_alpha=0.1)  # fmt: skip
         dirs.append(tmp_path / f"s{seed}")
@@ -242,8 +242,13 @@ def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
     real_figure = results_module._figure
     monkeypatch.setattr(results_module, "_figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
     results_module.plot_overlay([load_results(d) for d in dirs], tmp_path / "out")
-    lines = figures[0].axes[0].get_lines()
-    assert len(lines) == 3
-    labelled = [line for line in lines if not line.get_label().startswith("_")]
-    assert len(labelled) == 1 and "mean of 2 seeds" in labelled[0].get_label()
-    assert list(labelled[0].get_ydata()) == pytest.approx([13.0, 23.0, 28.0])
+    per_epoch, best_so_far = figures[0].axes
+    for ax, mean in ((per_epoch, [13.0, 23.0, 23.0]), (best_so_far, [13.0, 23.0, 25.5])):
+        lines = ax.get_lines()
+        assert len(lines) == 3
+        labelled = [line for line in lines if not line.get_label().startswith("_")]
+        assert len(labelled) == 1 and "mean of 2 seeds" in labelled[0].get_label()
+        assert list(labelled[0].get_ydata()) == pytest.approx(mean)
+    # best-so-far is the running maximum of each seed's curve
+    seeds_best = sorted(list(line.get_ydata()) for line in best_so_far.get_lines()[:2])
+    assert seeds_best == [[12.0, 25.0, 25.0], [14.0, 21.0, 26.0]]
