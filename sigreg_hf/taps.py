@@ -306,7 +306,9 @@ def first_tensor(output: Any) -> Tensor | None:
     return None
 
 
-def pool_hidden_state(x: Tensor, pooling: str = "auto", *, token_mask: Tensor | None = None) -> Tensor:
+def pool_hidden_state(
+    x: Tensor, pooling: str = "auto", *, token_mask: Tensor | None = None, check_empty_rows: bool = True
+) -> Tensor:
     """Reduce a hidden state to ``[N, C]``.
 
     * ``[B, C, H, W]`` feature maps: average over H, W (``"auto"``/``"mean"``); ``"flatten"`` makes
@@ -319,7 +321,8 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto", *, token_mask: Tensor | 
     ``token_mask`` (``[B, L]``, nonzero = real token, e.g. a tokenizer's ``attention_mask``) keeps padding
     out of token states: ``"mean"`` averages the real tokens of each row and ``"flatten"`` keeps only
     real tokens (``[num_real_tokens, D]``); ``"cls"`` takes the first token regardless. It is ignored for
-    ``[B, D]`` and feature-map inputs.
+    ``[B, D]`` and feature-map inputs. A row without any real token raises for ``"mean"`` unless
+    ``check_empty_rows=False`` (no host sync; such a row then pools to zeros).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
@@ -334,7 +337,7 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto", *, token_mask: Tensor | 
         if pooling == "cls":
             return x[:, 0]
         if token_mask is not None:
-            return _pool_real_tokens(x, token_mask, pooling)
+            return _pool_real_tokens(x, token_mask, pooling, check_empty_rows)
         if pooling in ("auto", "mean"):
             return x.mean(dim=1)
         return x.reshape(-1, x.shape[-1])
@@ -347,7 +350,7 @@ def pool_hidden_state(x: Tensor, pooling: str = "auto", *, token_mask: Tensor | 
     raise ValueError(f"cannot pool a hidden state of shape {tuple(x.shape)} to [N, C].")
 
 
-def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str) -> Tensor:
+def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str, check_empty_rows: bool) -> Tensor:
     if token_mask.shape != x.shape[:2]:
         raise ValueError(
             f"token_mask has shape {tuple(token_mask.shape)} but the token states are {tuple(x.shape)} "
@@ -358,11 +361,11 @@ def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str) -> Tensor:
     if pooling == "flatten":
         return x[real]
     counts = real.sum(dim=1)
-    if bool((counts == 0).any()):
+    if check_empty_rows and bool((counts == 0).any()):
         rows = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"token_mask rows {rows} have no real token: every row needs at least one nonzero entry.")
     weights = real.to(x.dtype).unsqueeze(-1)
-    return (x * weights).sum(dim=1) / counts.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(dim=1) / counts.clamp(min=1).unsqueeze(-1).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +564,12 @@ class SIGRegulariser:
                 "Pass the tokenizer's 2-D mask, or set mask_padding=False (sigreg_mask_padding=False)."
             )
         return {
-            name: pool_hidden_state(tensor, self.pooling, token_mask=mask if tensor.dim() == 3 else None)
+            name: pool_hidden_state(
+                tensor,
+                self.pooling,
+                token_mask=mask if tensor.dim() == 3 else None,
+                check_empty_rows=self.check_finite,  # both checks sync with the host; the trainer skips them
+            )
             for name, tensor in selected.items()
         }
 
