@@ -696,7 +696,7 @@ def results_table_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+    return {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
 
 
 def experiment_summary(
@@ -737,7 +737,7 @@ def experiment_summary(
                 "seeds": [r.get("seed") for r in group],
                 "final_top1": _spread(finals),
                 "best_top1": _spread(bests),
-                "test_top1_by_epoch_mean": [sum(c[e] for c in curves) / len(curves) for e in range(length)],
+                "test_top1_by_epoch_mean": [round(sum(c[e] for c in curves) / len(curves), 4) for e in range(length)],
             }
         )
     if seed_groups:
