@@ -401,7 +401,7 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
         ax.set_title(f"{split.capitalize()} task loss")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
+            ax.legend(loc="upper right", fontsize="small")  # losses fall from the upper left
     loss_path = output_dir / f"{prefix}_loss.png"
     fig.savefig(loss_path, dpi=110)
     return [acc_path, loss_path]
