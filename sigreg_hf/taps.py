@@ -471,6 +471,7 @@ class SIGRegulariser:
         self.patterns: list[str] = list(patterns)
         self.pooling: str = options["pooling"] if options["pooling"] != "auto" else preset_pooling
         self.layer_names: list[str] = resolve_taps(model, self.patterns)
+        self._check_mask_applies(model)
 
         self._handles: list[Any] = []
         self._captured: dict[str, Tensor] = {}
@@ -478,6 +479,19 @@ class SIGRegulariser:
         self.layer_losses: dict[str, Tensor] = {}
         #: While False, attached hooks record nothing (e.g. during activation-checkpoint recomputation).
         self.enabled = True
+
+    def _check_mask_applies(self, model: nn.Module) -> None:
+        """An encoder-decoder's ``attention_mask`` is the encoder's: refuse to mask decoder states with it."""
+        config = getattr(unwrap_model(model), "config", None)
+        if not self.mask_padding or not getattr(config, "is_encoder_decoder", False):
+            return
+        decoder_taps = [name for name in self.layer_names if "decoder" in name.split(".")]
+        if decoder_taps:
+            raise ValueError(
+                f"Tapped decoder modules {decoder_taps} of an encoder-decoder model: the batch's attention_mask "
+                "describes the encoder's tokens, not the decoder's. Tap encoder modules, or set "
+                "sigreg_mask_padding=False (mask_padding=False) to pool decoder states over every position."
+            )
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> SIGRegulariser:

@@ -108,6 +108,20 @@ def test_padding_does_not_change_the_loss_of_text_models(family):
                 assert (pooled[0] - pooled[1]).abs().max() > 1e-2
 
 
+def test_encoder_decoder_mask_is_not_applied_to_decoder_states():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2))
+    assert SIGRegulariser(model, mode="weak").layer_names == ["encoder.block.0", "encoder.block.1"]
+    with pytest.raises(ValueError, match=r"decoder modules \['decoder.block.0', 'decoder.block.1'\].*encoder's tokens"):
+        SIGRegulariser(model, mode="weak", layers=[r"decoder\.block\.\d+"])
+    reg = SIGRegulariser(model, mode="weak", layers=[r"decoder\.block\.\d+"], mask_padding=False)
+    ids, mask = torch.randint(1, 60, (4, 8)), torch.ones(4, 8, dtype=torch.long)
+    with reg:
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.randint(1, 60, (4, 5)))
+        assert torch.isfinite(reg.loss(attention_mask=mask))
+
+
 def test_attention_mask_must_be_two_dimensional():
     model = FAMILIES["bert"].model()
     reg = SIGRegulariser(model, mode="weak")
