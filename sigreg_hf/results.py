@@ -387,7 +387,7 @@ def plot_overlay(runs: Sequence[Mapping[str, Any]], output_dir: str | Path, *, p
         ax.set_title("Best test top-1 up to each epoch" if best_so_far else "Test top-1 per epoch")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(loc="lower right", fontsize="small")
+            ax.legend(loc="best", fontsize="small")
     acc_path = output_dir / f"{prefix}_accuracy.png"
     fig.savefig(acc_path, dpi=110)
 
