@@ -493,10 +493,10 @@ def write_run_outputs(
         sigreg_mode = sigreg_mode or recipe_config.get("sigreg_mode")
         if sigreg_alpha is None and recipe_config.get("sigreg_mode", "none") != "none":
             sigreg_alpha = recipe_config.get("sigreg_alpha")
-    if not compare_published:
-        published_top1 = None
         model_name = model_name or recipe_config.get("model_name")
         dataset_name = dataset_name or recipe_config.get("dataset_name")
+    if not compare_published:
+        published_top1 = None
 
     rows = epoch_table(log_history)
     if per_epoch_eval:

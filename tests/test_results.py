@@ -125,6 +125,21 @@ def test_per_epoch_eval_and_record_are_merged(tmp_path):
     assert not (tmp_path / "loss_curves.png").exists()
 
 
+def test_recipe_config_fills_names_and_published_number_only_when_compared(tmp_path):
+    """The recipe's model/dataset names fill in whether or not its published number applies to the data."""
+    recipe = {"model_name": "mlp", "dataset_name": "uoft-cs/cifar100", "published_top1": 42.17}
+    log = fake_log_history([10.0, 20.0], sigreg=False)
+    for compare in (True, False):
+        results = write_run_outputs(tmp_path / str(compare), log_history=log, recipe="mlp_sgd_none", seed=0, epochs=2,
+                                    recipe_config=recipe, compare_published=compare, plots=False)  # fmt: skip
+        assert results["model_name"] == "mlp" and results["dataset"] == "uoft-cs/cifar100"
+        assert results["published_top1"] == (42.17 if compare else None)
+    # no recipe config and no comparison: nothing to fill in, nothing to fail on
+    results = write_run_outputs(tmp_path / "bare", log_history=log, recipe="x", seed=0, epochs=2,
+                                compare_published=False, plots=False)  # fmt: skip
+    assert results["published_top1"] is None and results["model_name"] is None
+
+
 def test_run_without_evaluation_still_writes_results(tmp_path):
     log = [{"loss": 2.0, "epoch": 0.5, "step": 1}, {"train_runtime": 1.0, "train_samples_per_second": 10.0}]
     results = write_run_outputs(tmp_path, log_history=log, recipe="x", seed=0, epochs=0.5)
