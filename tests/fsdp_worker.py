@@ -8,7 +8,6 @@ process on the whole batches.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from sigreg_test_models import FAMILIES  # noqa: E402
+from sigreg_test_models import FAMILIES, finish_worker  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sigreg_hf.taps import SIGRegulariser  # noqa: E402
@@ -87,8 +86,4 @@ if __name__ == "__main__":
     mesh = init_device_mesh("cpu", (world_size,))
     results = {f"{family}-{mode}": train(family, mode, rank, world_size, mesh) for family, mode in CASES}
     torch.save(results, Path(sys.argv[1]) / f"rank{rank}.pt")
-    dist.barrier()  # both ranks done before the group goes away
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown (see distributed_losses_worker.py)
+    finish_worker()
