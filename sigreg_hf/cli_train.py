@@ -291,6 +291,7 @@ def collect_results(
         "randaugment_num_ops": data_args.randaugment_num_ops,
         "sigreg_mode": args.sigreg_mode,
         "sigreg_alpha": args.sigreg_alpha if args.sigreg_mode != "none" else 0.0,
+        "sigreg_sketch_type": args.sigreg_sketch_type if args.sigreg_mode != "none" else None,
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps > 0 else None,
         "epochs_completed": round(float(trainer.state.epoch or 0.0), 4),

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["SIGRegConfig", "SIGREG_MODES", "SIGREG_POOLINGS", "SIGREG_WEIGHTINGS"]
+__all__ = ["SIGRegConfig", "SIGREG_MODES", "SIGREG_POOLINGS", "SIGREG_SKETCH_TYPES", "SIGREG_WEIGHTINGS"]
 
 SIGREG_MODES = ("none", "weak", "strong")
 SIGREG_WEIGHTINGS = ("convex", "additive")
 SIGREG_POOLINGS = ("auto", "mean", "cls", "flatten", "none")
+SIGREG_SKETCH_TYPES = ("gaussian", "orthonormal")
 
 
 def normalise_layers(layers: object) -> list[str]:
@@ -106,6 +107,15 @@ class SIGRegConfig(TrainingArguments):
         default=64,
         metadata={"help": "Sketch dimension k (weak) and number of random slices (strong)."},
     )
+    sigreg_sketch_type: str = field(
+        default="gaussian",
+        metadata={
+            "help": "Random matrix of the statistic: 'gaussian' (the seed's randn(k, C)/sqrt(C) sketch; weak's "
+            "minimiser is then about 0.89 I at C=512, k=64) or 'orthonormal' (orthonormal rows: weak is "
+            "unbiased; strong gets mutually orthogonal slices, needs k <= C).",
+            "choices": list(SIGREG_SKETCH_TYPES),
+        },
+    )
     sigreg_num_points: int = field(
         default=17, metadata={"help": "Strong: trapezoid knots on [-t_max, t_max] (the seed's 17)."}
     )
@@ -127,6 +137,7 @@ class SIGRegConfig(TrainingArguments):
             weighting=self.sigreg_weighting,
             pooling=self.sigreg_pooling,
             sketch_dim=self.sigreg_sketch_dim,
+            sketch_type=self.sigreg_sketch_type,
             num_points=self.sigreg_num_points,
             t_max=self.sigreg_t_max,
             warmup_steps=self.sigreg_warmup_steps,
@@ -142,6 +153,7 @@ def validate_sigreg_options(
     pooling: str,
     sketch_dim: int,
     num_points: int,
+    sketch_type: str = "gaussian",
     t_max: float,
     warmup_steps: int,
 ) -> None:
@@ -152,6 +164,8 @@ def validate_sigreg_options(
         raise ValueError(f"sigreg_weighting must be one of {SIGREG_WEIGHTINGS}; got {weighting!r}.")
     if pooling not in SIGREG_POOLINGS:
         raise ValueError(f"sigreg_pooling must be one of {SIGREG_POOLINGS}; got {pooling!r}.")
+    if sketch_type not in SIGREG_SKETCH_TYPES:
+        raise ValueError(f"sigreg_sketch_type must be one of {SIGREG_SKETCH_TYPES}; got {sketch_type!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ValueError(f"sigreg_alpha must be a finite number; got {alpha!r}.")
     if weighting == "convex" and not 0.0 <= alpha <= 1.0:

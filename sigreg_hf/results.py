@@ -319,12 +319,21 @@ def plot_accuracy_curves(
     return Path(path)
 
 
+def setting_key(run: Mapping[str, Any], index: int = 0) -> tuple[str, str, float | None, str]:
+    """What a run's setting is, seed aside: recipe (else run name), mode, alpha and sketch type."""
+    name = str(run.get("recipe") or run.get("run_name") or f"run {index}")
+    mode = sigreg_mode_of(run)
+    alpha = run.get("sigreg_alpha") if mode != "none" else None
+    sketch = (run.get("sigreg_sketch_type") or "gaussian") if mode != "none" else ""
+    return name, mode, (float(alpha) if alpha is not None else None), sketch
+
+
 def group_runs_by_setting(runs: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """Runs that differ only in their seed, grouped (first-seen order): same recipe (else run name) and mode."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    """Runs that differ only in their seed, grouped (first-seen order): same recipe (else run name), mode,
+    alpha and sketch type."""
+    groups: dict[tuple[str, str, float | None, str], list[Mapping[str, Any]]] = {}
     for i, run in enumerate(runs):
-        name = str(run.get("recipe") or run.get("run_name") or f"run {i}")
-        groups.setdefault((name, sigreg_mode_of(run)), []).append(run)
+        groups.setdefault(setting_key(run, i), []).append(run)
     return list(groups.values())
 
 
@@ -711,6 +720,8 @@ def experiment_summary(
             {
                 "recipe": run.get("recipe"),
                 "sigreg_mode": run.get("sigreg_mode"),
+                "sigreg_alpha": run.get("sigreg_alpha"),
+                "sigreg_sketch_type": run.get("sigreg_sketch_type"),
                 "seed": run.get("seed"),
                 "train_images": run.get("train_images"),
                 "epochs": run.get("epochs"),
@@ -734,6 +745,8 @@ def experiment_summary(
             {
                 "recipe": group[0].get("recipe"),
                 "sigreg_mode": sigreg_mode_of(group[0]),
+                "sigreg_alpha": group[0].get("sigreg_alpha"),
+                "sigreg_sketch_type": group[0].get("sigreg_sketch_type"),
                 "seeds": [r.get("seed") for r in group],
                 "final_top1": _spread(finals),
                 "best_top1": _spread(bests),

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sigreg_hf.losses import sigreg_strong, sigreg_weak
+from sigreg_hf.losses import draw_sketch, sigreg_strong, sigreg_weak
 
 __all__ = [
     "SIGRegulariser",
@@ -371,7 +371,9 @@ def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str, check_empty_r
 # ----------------------------------------------------------------------------------------------
 # the regulariser
 # ----------------------------------------------------------------------------------------------
-_OPTION_NAMES = ("mode", "layers", "pooling", "mask_padding", "sketch_dim", "num_points", "t_max", "seed")
+_OPTION_NAMES = (
+    "mode", "layers", "pooling", "mask_padding", "sketch_dim", "sketch_type", "num_points", "t_max", "seed"
+)
 
 
 class SIGRegulariser:
@@ -389,6 +391,8 @@ class SIGRegulariser:
         mask_padding: pool token states ``[B, L, D]`` over real tokens only when :meth:`loss` gets an
             ``attention_mask`` (see :func:`pool_hidden_state`).
         sketch_dim: weak sketch dimension k and number of strong slices.
+        sketch_type: ``"gaussian"`` (the seed's matrices) or ``"orthonormal"`` (weak: orthonormal sketch rows,
+            unbiased; strong: mutually orthogonal slice directions, needs ``sketch_dim <= C``).
         num_points, t_max: the strong statistic's quadrature.
         seed: run seed of the sketch generator (with the step and the layer index).
         distributed: passed to the losses (``"auto"``: global-batch statistic under torch.distributed).
@@ -408,6 +412,7 @@ class SIGRegulariser:
         pooling: str | None = None,
         mask_padding: bool | None = None,
         sketch_dim: int | None = None,
+        sketch_type: str | None = None,
         num_points: int | None = None,
         t_max: float | None = None,
         seed: int | None = None,
@@ -422,6 +427,7 @@ class SIGRegulariser:
             "pooling": "auto",
             "mask_padding": True,
             "sketch_dim": 64,
+            "sketch_type": "gaussian",
             "num_points": 17,
             "t_max": 5.0,
             "seed": 0,
@@ -437,6 +443,7 @@ class SIGRegulariser:
             "pooling": pooling,
             "mask_padding": mask_padding,
             "sketch_dim": sketch_dim,
+            "sketch_type": sketch_type,
             "num_points": num_points,
             "t_max": t_max,
             "seed": seed,
@@ -446,6 +453,8 @@ class SIGRegulariser:
             raise ValueError(f"mode must be one of {MODES}; got {options['mode']!r}.")
         if options["pooling"] not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {options['pooling']!r}.")
+        if options["sketch_type"] not in ("gaussian", "orthonormal"):
+            raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {options['sketch_type']!r}.")
         if not isinstance(options["mask_padding"], bool):
             raise ValueError(f"mask_padding must be True or False; got {options['mask_padding']!r}.")
         for name, minimum in (("sketch_dim", 1), ("num_points", 2)):
@@ -457,6 +466,7 @@ class SIGRegulariser:
         self.mode: str = options["mode"]
         self.mask_padding: bool = options["mask_padding"]
         self.sketch_dim: int = options["sketch_dim"]
+        self.sketch_type: str = options["sketch_type"]
         self.num_points: int = options["num_points"]
         self.t_max: float = float(options["t_max"])
         self.seed: int = int(options["seed"])
@@ -592,8 +602,17 @@ class SIGRegulariser:
         generator = step_generator(self.seed, step, layer_index)
         common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite}
         if self.mode == "strong":
-            return sigreg_strong(x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max, **common)
-        return sigreg_weak(x, sketch_dim=self.sketch_dim, **common)
+            projection = None
+            if self.sketch_type == "orthonormal":
+                # orthonormal rows of a [K, C] sketch = K mutually orthogonal unit directions
+                projection = draw_sketch(
+                    self.sketch_dim, x.shape[-1], sketch_type="orthonormal", generator=generator, device=x.device
+                ).T
+            return sigreg_strong(
+                x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max,
+                projection=projection, **common,
+            )
+        return sigreg_weak(x, sketch_dim=self.sketch_dim, sketch_type=self.sketch_type, **common)
 
     def loss(
         self, outputs: Any = None, *, step: int | None = None, attention_mask: Tensor | None = None

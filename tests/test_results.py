@@ -210,8 +210,8 @@ def test_collect_writes_the_experiment_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["experiment"] == "mlp-subset" and summary["dataset"] == "cifar10"
-    keys = {"recipe", "sigreg_mode", "seed", "train_images", "epochs", "test_top1_by_epoch", "final_top1",
-            "best_top1", "wall_seconds"}  # fmt: skip
+    keys = {"recipe", "sigreg_mode", "sigreg_alpha", "sigreg_sketch_type", "seed", "train_images", "epochs",
+            "test_top1_by_epoch", "final_top1", "best_top1", "wall_seconds"}  # fmt: skip
     assert [set(run) for run in summary["runs"]] == [keys] * 3
     for run, directory in zip(summary["runs"], dirs, strict=True):
         record = load_results(directory)
