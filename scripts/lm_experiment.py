@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--sigreg_mode", choices=["none", "weak", "strong"], default="none")
     t.add_argument("--sigreg_alpha", type=float, default=0.01)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max_steps", type=int, default=800)
+    t.add_argument("--max_steps", type=int, default=600)
     t.add_argument("--eval_steps", type=int, default=100)
     t.add_argument("--batch_size", type=int, default=16)
     t.add_argument("--seq_len", type=int, default=128)
