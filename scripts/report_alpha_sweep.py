@@ -57,7 +57,7 @@ def previous_runs(summary_path: str | Path) -> list[dict[str, Any]]:
 
 def plot_alpha_sweep(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Final and best top-1 against alpha (log axis) per mode, a point per seed, the baseline's seed range a band."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), constrained_layout=True)
     baseline = [r for r in runs if r["sigreg_mode"] == "none"]
     for ax, key, title in ((axes[0], "final_top1", "final top-1 (last epoch)"),
                            (axes[1], "best_top1", "best top-1 over epochs")):  # fmt: skip
@@ -85,7 +85,7 @@ def plot_alpha_sweep(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8, loc="lower left")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
