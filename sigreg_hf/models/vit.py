@@ -83,13 +83,13 @@ def reference_rope_2d_embedding(
     d_y = head_dim - d_x
 
     def inv_freq(dim: int) -> torch.Tensor:
-        return base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+        return base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
 
-    rows = torch.arange(height, dtype=torch.float64, device=device).repeat_interleave(width)
-    cols = torch.arange(width, dtype=torch.float64, device=device).repeat(height)
+    rows = torch.arange(height, dtype=torch.float32, device=device).repeat_interleave(width)
+    cols = torch.arange(width, dtype=torch.float32, device=device).repeat(height)
     col_angles = cols[:, None] * inv_freq(d_x)[None, :]
     row_angles = rows[:, None] * inv_freq(d_y)[None, :]
-    angles = torch.cat([col_angles, col_angles, row_angles, row_angles], dim=-1).float()
+    angles = torch.cat([col_angles, col_angles, row_angles, row_angles], dim=-1)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
