@@ -145,6 +145,7 @@ def optimizer_kwargs(args: SIGRegConfig, optim_args: OptimArguments) -> dict[str
         "aux_learning_rate": optim_args.aux_learning_rate,
         "aux_betas": (optim_args.aux_adam_beta1, optim_args.aux_adam_beta2),
         "aux_weight_decay": optim_args.aux_weight_decay,
+        "aux_eps": optim_args.aux_adam_epsilon,
     }
 
 
@@ -215,11 +216,25 @@ class ImageClassificationTrainer(SIGRegTrainer):
     Without mixing it logs ``train_top1`` (percent, on the augmented training batches). With
     CutMix/MixUp a batch has no single true label, so it logs ``train_top1_vs_dominant_label``: the share
     of predictions equal to the largest-weight label of each mixed target.
+
+    ``task_loss_scale`` multiplies the training loss of a ``sigreg_mode="none"`` run (the reference's
+    baselines trained ``(1 - a) * CE``); evaluation losses stay unscaled.
     """
 
-    def __init__(self, *args: Any, train_metric_name: str = "train_top1", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, train_metric_name: str = "train_top1", task_loss_scale: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.train_metric_name = train_metric_name
+        if not (math.isfinite(task_loss_scale) and task_loss_scale > 0):
+            raise ValueError(f"task_loss_scale must be a positive finite number, got {task_loss_scale!r}.")
+        if task_loss_scale != 1.0 and self.sigreg_mode != "none":
+            raise ValueError(
+                f"task_loss_scale={task_loss_scale} applies to sigreg_mode 'none' only; with "
+                f"sigreg_mode={self.sigreg_mode!r} the convex weighting already scales the task loss by "
+                "1 - sigreg_alpha. Set --task_loss_scale 1."
+            )
+        self.task_loss_scale = task_loss_scale
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -228,6 +243,8 @@ class ImageClassificationTrainer(SIGRegTrainer):
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
+        if model.training and self.task_loss_scale != 1.0:
+            loss = loss * self.task_loss_scale
         store = getattr(self, "_metrics", {}).get("train")
         if model.training and labels is not None and store is not None:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
@@ -292,6 +309,7 @@ def collect_results(
         "sigreg_mode": args.sigreg_mode,
         "sigreg_alpha": args.sigreg_alpha if args.sigreg_mode != "none" else 0.0,
         "sigreg_sketch_type": args.sigreg_sketch_type if args.sigreg_mode != "none" else None,
+        "task_loss_scale": optim_args.task_loss_scale,
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps > 0 else None,
         "epochs_completed": round(float(trainer.state.epoch or 0.0), 4),
@@ -387,6 +405,7 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
         compute_metrics=build_compute_metrics() if data.eval is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
+        task_loss_scale=optim_args.task_loss_scale,
         **trainer_kwargs,
     )
     logger.info(

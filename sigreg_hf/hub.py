@@ -306,6 +306,9 @@ def build_model_card(
     except (KeyError, IndexError):
         description = description.split("{")[0].strip() or f"An image classifier ({model_type})."
     sigreg_text = _SIGREG_DESCRIPTIONS[mode].format(alpha=alpha)
+    task_loss_scale = results.get("task_loss_scale")
+    if mode == "none" and task_loss_scale not in (None, 1.0):
+        sigreg_text = f"none (the baseline, trained on {task_loss_scale:g} x cross-entropy as the reference did)"
     recipe_label = f" with recipe `{results['recipe']}`" if results.get("recipe") else ""
     summary = (
         f"A {model_type} image classifier trained from scratch on {dataset_pretty}{recipe_label}, "

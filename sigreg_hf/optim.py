@@ -5,8 +5,8 @@ The hybrid is ONE ``torch.optim.Optimizer`` (:class:`timm.optim.Muon`) with two 
 * a Muon group (``use_muon=True``): lr ``learning_rate`` (1e-2 in the paper), momentum 0.95, Nesterov,
   Keller Jordan's original Newton-Schulz coefficients and lr adjustment ``sqrt(max(1, out/in))`` -- the
   behaviour of ``torch.optim.Muon``'s defaults and the original Muon;
-* an AdamW group (``use_fallback=True``): its own lr (``aux_learning_rate``, 1e-3) and betas
-  (``aux_betas``, (0.9, 0.95)), eps 1e-8.
+* an AdamW group (``use_fallback=True``): its own lr (``aux_learning_rate``, 1e-3), betas
+  (``aux_betas``, (0.9, 0.95)) and eps (``aux_eps``, 1e-8; the reference's Muon package uses 1e-10).
 
 Because it is one optimizer, the Trainer's single scheduler, gradient clipping and checkpointing
 (``optimizer.pt``) cover both halves.

@@ -118,6 +118,9 @@ class OptimArguments:
     aux_weight_decay: float | None = field(
         default=None, metadata={"help": "Muon optimiser: AdamW weight decay for the rest (default: weight_decay)."}
     )
+    aux_adam_epsilon: float = field(
+        default=1e-8, metadata={"help": "Muon optimiser: AdamW eps for the rest (the reference's Muon: 1e-10)."}
+    )
     lr_schedule: str = field(default="cosine", metadata={"help": "cosine | constant.", "choices": list(SCHEDULES)})
     lr_schedule_interval: str = field(
         default="epoch", metadata={"help": "Step the schedule per 'epoch' (paper) or per 'step'.",
@@ -127,6 +130,11 @@ class OptimArguments:
     lr_schedule_epochs: float | None = field(
         default=None,
         metadata={"help": "Cosine horizon in epochs (default: the run's length); e.g. 400 while training 2."},
+    )
+    task_loss_scale: float = field(
+        default=1.0,
+        metadata={"help": "Multiplies the training loss of a sigreg_mode 'none' run: the reference's baselines "
+                  "trained (1 - a) * CE with their row's a (0.9 or 0.99); 1 is plain CE. Evaluation is unscaled."},
     )
 
 

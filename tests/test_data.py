@@ -129,6 +129,16 @@ def test_presets_and_resolution() -> None:
         resolve_mean_std("cifar1000")
 
 
+def test_reference_mean_std_presets() -> None:
+    """reference-recipes.md: the ResNet18 / first-round ViT notebooks' full-precision values; cifar100 rounds them."""
+    full = (
+        (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+        (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
+    )
+    assert MEAN_STD_PRESETS["cifar100_full"] == resolve_mean_std("cifar100_full") == full
+    assert MEAN_STD_PRESETS["cifar100"] == tuple(tuple(round(v, 4) for v in part) for part in full)
+
+
 def test_eval_transform_is_exact_normalisation() -> None:
     mean, std = MEAN_STD_PRESETS["cifar100"]
     img = torch.full((3, 32, 32), 200, dtype=torch.uint8)

@@ -125,6 +125,15 @@ def test_card_for_a_hub_dataset_lists_it_and_handles_missing_results(tmp_path, t
     assert all(r.dataset_name == "CIFAR-100" for r in card.data.eval_results)
 
 
+def test_card_says_when_a_baseline_trained_on_a_scaled_cross_entropy(trained_run):
+    results = json.loads((trained_run / "results.json").read_text())
+    results.update({"sigreg_mode": "none", "sigreg_alpha": 0.0, "task_loss_scale": 0.9})
+    text = build_model_card(trained_run, results=results, repo_id="o/n").text
+    assert "trained on 0.9 x cross-entropy" in text and "plain cross-entropy" not in text
+    results["task_loss_scale"] = 1.0
+    assert "plain cross-entropy" in build_model_card(trained_run, results=results, repo_id="o/n").text
+
+
 # --------------------------------------------------------------------------------------------------
 # push
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 import sigreg_hf.models as M
 from sigreg_hf.models import create_config, create_model, list_models
-from sigreg_hf.models.vit import drop_path_rates, rope_2d_embedding
+from sigreg_hf.models.vit import drop_path_rates, reference_rope_2d_embedding, rope_2d_embedding
 
 # Small configurations of each family, fast on CPU.
 SMALL = {
@@ -288,6 +288,80 @@ def test_peak_explicit_attention_matches_sdpa():
     torch.testing.assert_close(model(x).logits, explicit, rtol=1e-5, atol=1e-5)
 
 
+def _page_rope(q: torch.Tensor, row: int, col: int, base: float = 10000.0) -> torch.Tensor:
+    """The reference page's 2-D RoPE of one head vector ``q [d]`` at grid position (row, col), written out."""
+    d = q.shape[-1]
+    d_x, d_y = d // 2, d - d // 2
+    f_x = [base ** (-2 * j / d_x) for j in range(d_x // 2)]
+    f_y = [base ** (-2 * j / d_y) for j in range(d_y // 2)]
+    angle = torch.tensor([col * f for f in f_x] * 2 + [row * f for f in f_y] * 2, dtype=torch.float64)
+    rotated_half = torch.cat([-q[d // 2 :], q[: d // 2]])
+    return q * angle.cos() + rotated_half * angle.sin()
+
+
+def test_reference_rope_table_is_the_pages_formula():
+    head_dim, (height, width) = 32, (8, 8)  # the first-round ViT: d = 256 / 8 heads, an 8x8 grid
+    table = reference_rope_2d_embedding((height, width), head_dim).double()
+    assert table.shape == (64, 64)
+    sin, cos = table.chunk(2, dim=-1)
+    # base 10000: token (row 0, column 1) has angles f_x on channels 0..15, nothing on the row half
+    f_x = torch.tensor([10000.0 ** (-2 * j / 16) for j in range(8)], dtype=torch.float64)
+    torch.testing.assert_close(torch.atan2(sin[1, :8], cos[1, :8]), f_x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.atan2(sin[1, 8:16], cos[1, 8:16]), f_x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin[1, 16:], torch.zeros(16, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(head_dim, generator=gen, dtype=torch.float64)
+    for row, col in [(0, 0), (0, 5), (3, 0), (2, 7), (7, 7)]:  # row-major tokens
+        expected = _page_rope(q, row, col)
+        got = apply_rot_embed_cat(q, table[row * width + col], half=True)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # the two members of a pair turn by different angles: not a rotation (norms change), as the page says
+    assert abs(_page_rope(q, 3, 5).norm() - q.norm()) > 1e-3
+
+
+def test_rope_vit_attention_is_the_reference_attention_written_out():
+    """One first-round block's attention against qkv -> the page's RoPE on q, k -> softmax(QK^T/sqrt(d)) V -> proj."""
+    model = create_model("vit_rope", num_hidden_layers=1, num_classes=10).eval()  # d = 256, 8 heads, base 10000
+    assert (model.config.rope_variant, model.config.rope_temperature) == ("reference", 10000.0)
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 64, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = attn(x, rope=model.rope_embedding()).double()
+        qkv = (x.double() @ attn.qkv.weight.double().T).reshape(2, 64, 3, 8, 32)
+        q, k, v = qkv.unbind(2)  # [B, N, H, 32]
+        q_rot, k_rot = torch.empty_like(q), torch.empty_like(k)
+        for n in range(64):
+            row, col = divmod(n, 8)
+            for b in range(2):
+                for h in range(8):
+                    q_rot[b, n, h] = _page_rope(q[b, n, h], row, col)
+                    k_rot[b, n, h] = _page_rope(k[b, n, h], row, col)
+        scores = torch.einsum("bnhd,bmhd->bhnm", q_rot, k_rot) / 32**0.5
+        out = torch.einsum("bhnm,bmhd->bnhd", scores.softmax(-1), v).reshape(2, 64, 256)
+        expected = out @ attn.proj.weight.double().T + attn.proj.bias.double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_axial_rope_is_an_option_and_older_saved_configs_load_as_axial(tmp_path):
+    axial = small_model("vit_rope", rope_variant="axial", rope_temperature=100.0)
+    assert not axial.blocks[0].attn.rotate_half
+    torch.testing.assert_close(axial.rope_embedding(), rope_2d_embedding((8, 8), 16, temperature=100.0))
+    reference = small_model("vit_rope")
+    assert reference.blocks[0].attn.rotate_half
+    assert (reference.rope_embedding() - axial.rope_embedding()).abs().max() > 0.1
+    with pytest.raises(ValueError, match="rope_variant must be one of \\('reference', 'axial'\\), got 'timm'"):
+        create_config("vit_rope", rope_variant="timm")
+    # a config saved before rope_variant existed described timm's axial RoPE; a new one keeps its variant
+    reference.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).rope_variant == "reference"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["rope_variant"]
+    saved["rope_temperature"] = 100.0
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert old.config.rope_variant == "axial" and not old.blocks[0].attn.rotate_half
+
+
 def test_rope_table_encodes_relative_2d_positions():
     head_dim, grid = 16, (6, 6)
     rope = rope_2d_embedding(grid, head_dim, temperature=100.0)
@@ -342,11 +416,31 @@ def test_vit_init_follows_the_reference():
     w = torch.cat([m.weight.flatten() for m in rope.modules() if isinstance(m, torch.nn.Linear)])
     assert w.std().item() == pytest.approx(0.02, rel=0.05)
     peak = create_model("vit_peak", num_hidden_layers=2)
+    assert peak.config.init_scheme == "reference"
     bound = (6 / (192 + 100)) ** 0.5  # xavier-uniform head
     assert peak.head.weight.abs().max() <= bound and peak.head.weight.std() > 0.8 * bound / 3**0.5
-    assert peak.head.bias.abs().max() == 0
     assert peak.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
     assert peak.cls_token.abs().max() > 0
+    # every other layer keeps PyTorch's default: kaiming-uniform(a=sqrt(5)) weights, std 1/sqrt(3 fan_in)
+    # (the page: about 0.042 for qkv/proj/fc1, 0.021 for fc2), biases (head's too) uniform(+-1/sqrt(fan_in))
+    linears = {"attn.qkv": 192, "attn.proj": 192, "mlp.fc1": 192, "mlp.fc2": 768}
+    for block in peak.blocks:
+        for name, fan_in in linears.items():
+            layer = block.get_submodule(name)
+            bound = fan_in**-0.5
+            assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound, name
+            assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05), name
+            assert layer.bias.std().item() == pytest.approx(bound / 3**0.5, rel=0.25), name
+    assert peak.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.042, abs=0.001)
+    assert peak.blocks[0].mlp.fc2.weight.std().item() == pytest.approx(0.021, abs=0.001)
+    assert 0 < peak.head.bias.abs().max() <= 192**-0.5
+    # the project's earlier init stays an option: trunc-normal(0.02) block weights, zero biases
+    old = create_model("vit_peak", num_hidden_layers=2, init_scheme="trunc_normal")
+    assert old.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert old.blocks[0].mlp.fc2.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert all(m.bias.abs().max() == 0 for m in old.modules() if isinstance(m, torch.nn.Linear))
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        create_config("vit_peak", init_scheme="xavier")
 
 
 # ----------------------------------------------------------------------------- registry / Auto classes

@@ -195,3 +195,20 @@ def test_updates_per_epoch_counts_like_the_trainer() -> None:
     assert updates_per_epoch(50000, per_device_batch_size=128, drop_last=True) == 390
     assert updates_per_epoch(50000, per_device_batch_size=128, world_size=8) == 49
     assert updates_per_epoch(100, per_device_batch_size=8, gradient_accumulation_steps=4) == 4
+
+
+@pytest.mark.parametrize("recipe", ["vit_muon_none", "vit_muon_mix_weak", "vitpeak_muon_mix_strong"])
+def test_muon_recipes_give_the_auxiliary_adam_eps_1e_minus_10(recipe: str, tmp_path: Path) -> None:
+    """reference-recipes.md: Adam(W) on the non-Muon parameters with eps 1e-10 (the reference Muon package's)."""
+    from sigreg_hf.cli_train import optimizer_kwargs, parse_args
+
+    args, _, _, optim_args, _ = parse_args(["--recipe", recipe, "--output_dir", str(tmp_path)])
+    model = create_model("vit_peak" if recipe.startswith("vitpeak") else "vit_rope", num_classes=10,
+                         num_hidden_layers=1)  # fmt: skip
+    muon_group, adam_group = build_optimizer(model, **optimizer_kwargs(args, optim_args)).param_groups
+    assert adam_group["use_fallback"] and adam_group["eps"] == 1e-10
+    assert tuple(adam_group["betas"]) == (0.9, 0.95) and adam_group["lr"] == 1e-3
+    assert muon_group["use_muon"] and muon_group["lr"] == 1e-2
+    # the library and command-line default stays AdamW's usual 1e-8
+    default = build_optimizer(model, name="muon", learning_rate=1e-2, muon_params="all_2d").param_groups[1]
+    assert default["eps"] == 1e-8

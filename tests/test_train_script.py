@@ -16,8 +16,11 @@ from accelerate.commands.config.config_args import ClusterConfig
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
-from sigreg_hf.cli_train import main, parse_args
+from sigreg_hf.cli_train import ImageClassificationTrainer, main, parse_args
+from sigreg_hf.config import SIGRegConfig
+from sigreg_hf.models import create_model
 from sigreg_hf.recipes import PUBLISHED_TOP1, load_recipe
+from sigreg_hf.trainer import soft_target_cross_entropy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # ../shared/data beside the clone
@@ -76,8 +79,54 @@ def test_every_recipe_trains_two_steps(recipe: str, synthetic_cifar100: Path, tm
     model = AutoModelForImageClassification.from_pretrained(out)
     processor = AutoImageProcessor.from_pretrained(out)
     assert model.config.num_labels == 100
-    mean = {"cifar100_peak": 0.4867, "cifar100": 0.4865}[recipe_cfg["mean_std"]]
-    assert processor.image_mean[1] == pytest.approx(mean) and processor.size["height"] == 32
+    mean = {"cifar100_peak": 0.4867, "cifar100_full": 0.48654887331495095}[recipe_cfg["mean_std"]]
+    assert processor.image_mean[1] == mean and processor.size["height"] == 32
+    assert results["task_loss_scale"] == recipe_cfg.get("task_loss_scale", 1.0)
+    if recipe_cfg["model_name"] == "vit_rope":
+        assert (model.config.rope_variant, model.config.rope_temperature) == ("reference", 10000.0)
+    if recipe_cfg["model_name"] == "vit_peak":
+        assert model.config.init_scheme == "reference"
+
+
+def _trainer(tmp_path: Path, *, task_loss_scale: float, sigreg_mode: str = "none") -> ImageClassificationTrainer:
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=5, image_size=8, hidden_size=16, num_hidden_layers=2)
+    args = SIGRegConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", sigreg_mode=sigreg_mode,
+                        sigreg_alpha=0.1)  # fmt: skip
+    return ImageClassificationTrainer(model=model, args=args, task_loss_scale=task_loss_scale)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hard_labels", "mixed_targets"])
+def test_task_loss_scale_trains_the_reference_baselines_objective(soft: bool, tmp_path: Path) -> None:
+    """(1 - a) * CE with a = 0.1 (the reference's baselines): the training loss and its gradient are 0.9 x the
+    plain cross-entropy's; evaluation reports the plain cross-entropy."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 8, 8, generator=gen)
+    y = torch.randint(0, 5, (6,), generator=gen)
+    labels = torch.nn.functional.one_hot(y, 5).float() * 0.7 + 0.06 if soft else y
+    losses, grads = {}, {}
+    for scale in (1.0, 0.9):
+        trainer = _trainer(tmp_path, task_loss_scale=scale)
+        model = trainer.model.train()
+        loss = trainer.compute_loss(model, {"pixel_values": x, "labels": labels})
+        loss.backward()
+        losses[scale], grads[scale] = loss.detach(), model.head.weight.grad.clone()
+        model.eval()
+        with torch.no_grad():
+            eval_loss = trainer.compute_loss(model, {"pixel_values": x, "labels": labels})
+        torch.testing.assert_close(eval_loss, losses[1.0])
+    logits = trainer.model(pixel_values=x).logits
+    plain = soft_target_cross_entropy(logits, labels) if soft else torch.nn.functional.cross_entropy(logits, y)
+    torch.testing.assert_close(losses[1.0], plain.detach())
+    torch.testing.assert_close(losses[0.9], 0.9 * losses[1.0])
+    torch.testing.assert_close(grads[0.9], 0.9 * grads[1.0])
+
+
+def test_task_loss_scale_is_for_baselines_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="task_loss_scale=0.9 applies to sigreg_mode 'none' only.*--task_loss_scale 1"):
+        _trainer(tmp_path, task_loss_scale=0.9, sigreg_mode="weak")
+    with pytest.raises(ValueError, match="task_loss_scale must be a positive finite number, got 0.0"):
+        _trainer(tmp_path, task_loss_scale=0.0)
 
 
 def test_train_script_subprocess_on_imagefolder_with_subset(tmp_path: Path) -> None:

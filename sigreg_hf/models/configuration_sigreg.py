@@ -23,6 +23,9 @@ __all__ = [
 
 _DEFAULT_NUM_LABELS = 100  # CIFAR-100, the paper's dataset
 
+ROPE_VARIANTS = ("reference", "axial")
+INIT_SCHEMES = ("reference", "trunc_normal")
+
 
 def _set_default_num_labels(kwargs: dict[str, Any]) -> None:
     """Default to 100 classes unless the caller (or a saved config) fixed the label set."""
@@ -33,6 +36,12 @@ def _set_default_num_labels(kwargs: dict[str, Any]) -> None:
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
     return value
 
 
@@ -108,14 +117,18 @@ class SigregResNetCifarConfig(PretrainedConfig):
 
 
 class SigregViTRopeConfig(PretrainedConfig):
-    """The paper's first-round ViT: 2-D axial RoPE on q/k in every layer, no CLS token, mean-pooled head.
+    """The paper's first-round ViT: 2-D RoPE on q/k in every layer, no CLS token, mean-pooled head.
 
     Args:
         image_size, patch_size, in_chans: input geometry (32 / 4 gives an 8x8 token grid).
         hidden_size, num_hidden_layers, num_attention_heads, mlp_ratio: transformer sizes.
         qkv_bias: bias on the fused qkv projection (the paper: none).
-        rope_temperature: base of the RoPE inverse frequencies. The paper's notebooks do not record it;
-            100 (as in RoPE-ViT, Heo et al. 2024) gives useful rotation frequencies on an 8x8 grid.
+        rope_variant: ``"reference"`` (default): the reference notebooks' 2-D RoPE, column angles on the
+            first half of each head's channels and row angles on the second, channel i paired with
+            i + head_dim/2 by rotate-half. ``"axial"``: timm's axial RoPE (interleaved pairs, an exact
+            rotation); the project's choice before the reference was read, at ``rope_temperature=100``.
+            A saved config without this field (written before it existed) loads as ``"axial"``.
+        rope_temperature: base of the RoPE inverse frequencies (the reference: 10000).
         layer_norm_eps: epsilon of the LayerNorms (PyTorch default).
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 (the paper: 0).
         initializer_range: std of the truncated-normal init of Linear weights (the paper: 0.02).
@@ -134,7 +147,8 @@ class SigregViTRopeConfig(PretrainedConfig):
         num_attention_heads: int = 8,
         mlp_ratio: float = 2.0,
         qkv_bias: bool = False,
-        rope_temperature: float = 100.0,
+        rope_variant: str | None = None,
+        rope_temperature: float = 10000.0,
         layer_norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
         initializer_range: float = 0.02,
@@ -152,6 +166,10 @@ class SigregViTRopeConfig(PretrainedConfig):
             )
         self.mlp_ratio = float(mlp_ratio)
         self.qkv_bias = bool(qkv_bias)
+        if rope_variant is None:
+            # only timm's axial RoPE existed when configs without this field were saved
+            rope_variant = "axial" if kwargs.get("transformers_version") is not None else "reference"
+        self.rope_variant = _choice("rope_variant", rope_variant, ROPE_VARIANTS)
         self.rope_temperature = float(rope_temperature)
         self.layer_norm_eps = float(layer_norm_eps)
         self.drop_path_rate = float(drop_path_rate)
@@ -169,8 +187,13 @@ class SigregViTPeakConfig(PretrainedConfig):
         qkv_bias: bias on the qkv projection (the paper: yes).
         drop_path_rate: stochastic depth of the last block; block i gets ``rate * i / (depth - 1)``.
         layer_norm_eps: epsilon of the LayerNorms (PyTorch default).
-        initializer_range: std of the truncated-normal init of Linear weights, CLS token and position
-            embedding (0.02); the head is xavier-uniform.
+        initializer_range: std of the truncated-normal init of the CLS token and position embedding
+            (0.02), and of the block Linear weights under ``init_scheme="trunc_normal"``.
+        init_scheme: ``"reference"`` (default, as the reference): only the CLS token and position
+            embedding (trunc-normal) and the head weight (xavier-uniform) are set; every other layer keeps
+            PyTorch's default init, biases included. ``"trunc_normal"``: block Linear weights
+            trunc-normal(``initializer_range``) and all Linear biases zero (the project's earlier init,
+            about half the reference's initial weight scale).
         fused_attention: ``False`` (the paper) computes softmax(QK^T / sqrt(d)) V explicitly.
     """
 
@@ -189,6 +212,7 @@ class SigregViTPeakConfig(PretrainedConfig):
         drop_path_rate: float = 0.1,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        init_scheme: str = "reference",
         fused_attention: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -201,6 +225,7 @@ class SigregViTPeakConfig(PretrainedConfig):
         self.drop_path_rate = float(drop_path_rate)
         self.layer_norm_eps = float(layer_norm_eps)
         self.initializer_range = float(initializer_range)
+        self.init_scheme = _choice("init_scheme", init_scheme, INIT_SCHEMES)
         self.fused_attention = bool(fused_attention)
         super().__init__(**kwargs)
 

@@ -1,13 +1,16 @@
 """The paper's two CIFAR Vision Transformers as transformers models, built from timm blocks.
 
-* ``SigregViTRopeForImageClassification`` (first round): 4x4 patches, 2-D axial rotary position
-  embedding applied to q and k in every layer (timm ``EvaBlock`` / ``EvaAttention`` with timm's
-  ``build_rotary_pos_embed``), no CLS token, no absolute position embedding, final LayerNorm,
-  mean over tokens, linear head; Linear weights trunc-normal(0.02).
+* ``SigregViTRopeForImageClassification`` (first round): 4x4 patches, 2-D rotary position
+  embedding applied to q and k in every layer (timm ``EvaBlock`` / ``EvaAttention``), no CLS token,
+  no absolute position embedding, final LayerNorm, mean over tokens, linear head; Linear weights
+  trunc-normal(0.02). ``config.rope_variant="reference"`` (default) is the reference notebooks' RoPE
+  (:func:`reference_rope_2d_embedding`: base 10000, channel i paired with i + d/2, rotate-half);
+  ``"axial"`` is timm's axial RoPE (:func:`rope_2d_embedding`) at ``config.rope_temperature``.
 * ``SigregViTPeakForImageClassification`` ("Peak"): 4x4 patches, CLS token + learned absolute
   position embedding, timm ``Block`` (pre-norm, qkv bias) with stochastic depth rising linearly
   from 0 to ``drop_path_rate``, attention computed explicitly as softmax(QK^T / sqrt(d)) V,
-  final LayerNorm, head on the CLS token (xavier-uniform).
+  final LayerNorm, head on the CLS token (xavier-uniform). ``config.init_scheme="reference"``
+  (default) keeps PyTorch's default init everywhere else, as the reference did.
 
 The patch-embedding convolution keeps PyTorch's default init in both (the reference names none).
 """
@@ -31,6 +34,7 @@ __all__ = [
     "SigregViTPeakForImageClassification",
     "SigregViTRopeForImageClassification",
     "drop_path_rates",
+    "reference_rope_2d_embedding",
     "rope_2d_embedding",
 ]
 
@@ -59,6 +63,34 @@ def rope_2d_embedding(
         dtype=torch.float32,
     )
     return torch.cat([sin, cos], dim=-1)
+
+
+def reference_rope_2d_embedding(
+    grid_size: tuple[int, int], head_dim: int, base: float = 10000.0, device: torch.device | None = None
+) -> torch.Tensor:
+    """Concatenated ``[sin, cos]`` table ``[H*W, 2*head_dim]`` of the reference notebooks' 2-D RoPE.
+
+    Tokens in row-major order (row ``r``, column ``c``); ``d_x = head_dim // 2``, ``d_y = head_dim - d_x``,
+    ``f_x[j] = base ** (-2j / d_x)`` for ``j < d_x / 2`` (likewise ``f_y``); each token's angles are
+    ``[c*f_x, c*f_x, r*f_y, r*f_y]``. Applied with rotate-half (timm's ``apply_rot_embed_cat(..., half=True)``):
+    channel ``i`` pairs with ``i + head_dim/2``, and the two members of a pair turn by different angles,
+    so it is not an exact rotation (as in the reference).
+    """
+    if head_dim % 4 != 0:
+        raise ValueError(f"the reference 2-D RoPE needs a head dimension divisible by 4, got {head_dim}.")
+    height, width = grid_size
+    d_x = head_dim // 2
+    d_y = head_dim - d_x
+
+    def inv_freq(dim: int) -> torch.Tensor:
+        return base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+
+    rows = torch.arange(height, dtype=torch.float32, device=device).repeat_interleave(width)
+    cols = torch.arange(width, dtype=torch.float32, device=device).repeat(height)
+    col_angles = cols[:, None] * inv_freq(d_x)[None, :]
+    row_angles = rows[:, None] * inv_freq(d_y)[None, :]
+    angles = torch.cat([col_angles, col_angles, row_angles, row_angles], dim=-1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def _layer_norm(eps: float):
@@ -112,6 +144,7 @@ class SigregViTRopeForImageClassification(_SigregViTBase):
                 qkv_bias=config.qkv_bias,
                 mlp_ratio=config.mlp_ratio,
                 num_prefix_tokens=0,
+                rotate_half=config.rope_variant == "reference",
                 drop_path=rate,
                 act_layer=nn.GELU,
                 norm_layer=_layer_norm(config.layer_norm_eps),
@@ -130,6 +163,10 @@ class SigregViTRopeForImageClassification(_SigregViTBase):
     def rope_embedding(self, device: torch.device | None = None) -> torch.Tensor:
         """The ``[num_patches, 2 * head_dim]`` sin/cos table every block applies to q and k."""
         head_dim = self.config.hidden_size // self.config.num_attention_heads
+        if self.config.rope_variant == "reference":
+            return reference_rope_2d_embedding(
+                tuple(self.patch_embed.grid_size), head_dim, self.config.rope_temperature, device=device
+            )
         return rope_2d_embedding(
             tuple(self.patch_embed.grid_size), head_dim, self.config.rope_temperature, device=device
         )
@@ -206,12 +243,19 @@ class SigregViTPeakForImageClassification(_SigregViTBase):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
+        reference = self.config.init_scheme == "reference"
         if module is self.head:
             init.xavier_uniform_(module.weight)
-            init.zeros_(module.bias)
+            if reference:
+                fan_in = module.weight.shape[1]
+                init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+            else:
+                init.zeros_(module.bias)
         elif module is self:
             init.trunc_normal_(self.cls_token, std=self.config.initializer_range)
             init.trunc_normal_(self.pos_embed, std=self.config.initializer_range)
+        elif reference and isinstance(module, nn.Linear):
+            torch_default_init_(module)
         else:
             self._init_vit_module(module)
 
