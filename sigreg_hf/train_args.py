@@ -85,8 +85,10 @@ class DataArguments:
             )
         if self.randaugment_num_ops < 0 or self.crop_padding < 0 or self.image_size < 1:
             raise ValueError("randaugment_num_ops and crop_padding must be >= 0, image_size >= 1.")
-        if self.train_subset is not None and self.train_subset <= 0:
-            self.train_subset = None
+        for name in ("train_subset", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be a positive number of images (omit it for all); got {value}.")
 
 
 @dataclass

@@ -71,7 +71,8 @@ def prepare_image_classification_data(
     ``mean_std`` is a preset name (see :data:`~sigreg_hf.data.transforms.MEAN_STD_PRESETS`) or
     ``"dataset"`` to compute the statistics from the (subset) training split; explicit ``mean``/``std``
     win over both. ``train_subset`` keeps ``train_subset // num_classes`` examples per class (seeded);
-    ``max_eval_samples`` subsets the evaluation split the same way.
+    ``max_eval_samples`` subsets the evaluation split the same way. Subsets are taken before decoding, so
+    only the images used are decoded (and cached).
     """
     raw = load_image_classification_dataset(
         dataset_name,
@@ -83,6 +84,22 @@ def prepare_image_classification_data(
         cache_dir=cache_dir,
     )
     train, eval_ds = raw.train, raw.eval
+    # subset first (labels only, through Arrow), then decode only the images that are used
+    if train_subset is not None:
+        train = class_balanced_subset(
+            train, label_column=raw.label_column, size=train_subset, num_classes=raw.num_classes, seed=seed
+        )
+    if max_eval_samples is not None and max_eval_samples <= 0:
+        raise ValueError(f"max_eval_samples must be a positive number of images; got {max_eval_samples}.")
+    if eval_ds is not None and max_eval_samples is not None and max_eval_samples < len(eval_ds):
+        # class-balanced and seeded: split files are often sorted by class (imagefolder trees are)
+        try:
+            eval_ds = class_balanced_subset(
+                eval_ds, label_column=raw.label_column, size=max_eval_samples, num_classes=raw.num_classes,
+                seed=seed,
+            )
+        except ValueError:  # some class too small for a balanced subset: a seeded random one instead
+            eval_ds = eval_ds.shuffle(seed=seed).select(range(max_eval_samples)).flatten_indices()
     if decode_cache:
         train = decode_images(
             train, image_column=raw.image_column, label_column=raw.label_column, image_size=image_size,
@@ -93,19 +110,6 @@ def prepare_image_classification_data(
                 eval_ds, image_column=raw.image_column, label_column=raw.label_column, image_size=image_size,
                 num_proc=decode_num_proc, desc=f"Decoding {eval_split} images (cached)",
             )
-    if train_subset is not None and train_subset > 0:
-        train = class_balanced_subset(
-            train, label_column=raw.label_column, size=train_subset, num_classes=raw.num_classes, seed=seed
-        )
-    if eval_ds is not None and max_eval_samples is not None and max_eval_samples < len(eval_ds):
-        # class-balanced and seeded: split files are often sorted by class (imagefolder trees are)
-        try:
-            eval_ds = class_balanced_subset(
-                eval_ds, label_column=raw.label_column, size=max_eval_samples, num_classes=raw.num_classes,
-                seed=seed,
-            )
-        except ValueError:  # some class too small for a balanced subset: a seeded random one instead
-            eval_ds = eval_ds.shuffle(seed=seed).select(range(max_eval_samples)).flatten_indices()
     if mean is None and std is None and mean_std == "dataset":
         mean, std = compute_mean_std(train, image_column=raw.image_column)
         logger.info("Mean/std computed from the training split: %s / %s", mean, std)
