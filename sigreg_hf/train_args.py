@@ -56,6 +56,11 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on a seeded class-balanced subset of N images."}
     )
+    keyed_augmentation: bool = field(
+        default=True,
+        metadata={"help": "Seed each training image's augmentation and each batch's CutMix/MixUp by (seed, epoch, "
+                  "row) instead of torch's global stream, so that a resumed run is exact (any worker count)."},
+    )
     decode_cache: bool = field(
         default=True, metadata={"help": "Decode images once into a cached uint8 Arrow column (datasets.map)."}
     )

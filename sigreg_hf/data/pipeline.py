@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import datasets
 
 from sigreg_hf.data.cache import class_balanced_subset, compute_mean_std, decode_images
+from sigreg_hf.data.clock import add_row_column
 from sigreg_hf.data.loading import DEFAULT_DATASET, load_image_classification_dataset
 from sigreg_hf.data.mixing import ImageClassificationCollator
 from sigreg_hf.data.transforms import (
+    AugmentationClock,
     ImageBatchTransform,
     build_eval_transform,
     build_train_transform,
@@ -36,6 +38,8 @@ class PreparedImageData:
     image_column: str
     label_column: str
     source: str
+    #: Keys the training augmentation by (seed, epoch, row); advance it with AugmentationEpochCallback.
+    clock: AugmentationClock | None = None
 
 
 def prepare_image_classification_data(
@@ -65,6 +69,7 @@ def prepare_image_classification_data(
     cutmix_alpha: float = 1.0,
     mix_prob: float = 1.0,
     mix_switch_prob: float = 0.5,
+    keyed_augmentation: bool = True,
 ) -> PreparedImageData:
     """Load, optionally subset and decode-cache, and attach lazy transforms to train/eval splits.
 
@@ -72,7 +77,9 @@ def prepare_image_classification_data(
     ``"dataset"`` to compute the statistics from the (subset) training split; explicit ``mean``/``std``
     win over both. ``train_subset`` keeps ``train_subset // num_classes`` examples per class (seeded);
     ``max_eval_samples`` subsets the evaluation split the same way. Subsets are taken before decoding, so
-    only the images used are decoded (and cached).
+    only the images used are decoded (and cached). With ``keyed_augmentation`` (default) the training
+    augmentation and mixing are seeded by ``(seed, epoch, row)`` (see :class:`AugmentationClock`): add
+    ``AugmentationEpochCallback(prepared.clock)`` to the Trainer so that a resumed run is exact.
     """
     raw = load_image_classification_dataset(
         dataset_name,
@@ -121,12 +128,15 @@ def prepare_image_classification_data(
     )
     eval_tf = build_eval_transform(mean_t, std_t)
     common = {"image_column": raw.image_column, "label_column": raw.label_column, "image_size": image_size}
-    train = train.with_transform(ImageBatchTransform(train_tf, mark_for_mixing=True, **common))
+    clock = AugmentationClock(seed) if keyed_augmentation else None
+    if clock is not None:
+        train = add_row_column(train)
+    train = train.with_transform(ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, **common))
     if eval_ds is not None:
         eval_ds = eval_ds.with_transform(ImageBatchTransform(eval_tf, **common))
     collator = ImageClassificationCollator(
         raw.num_classes, mix=mix, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
-        switch_prob=mix_switch_prob, seed=seed,
+        switch_prob=mix_switch_prob, seed=seed, clock=clock,
     )
     return PreparedImageData(
         train=train,
@@ -140,4 +150,5 @@ def prepare_image_classification_data(
         image_column=raw.image_column,
         label_column=raw.label_column,
         source=raw.source,
+        clock=clock,
     )
