@@ -25,6 +25,7 @@ from transformers import HfArgumentParser, ViTImageProcessor, set_seed
 
 from sigreg_hf.config import SIGRegConfig
 from sigreg_hf.data import PreparedImageData, dominant_label_top1, prepare_image_classification_data
+from sigreg_hf.data.clock import AugmentationEpochCallback
 from sigreg_hf.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
 from sigreg_hf.recipes import list_recipes, load_recipe, recipes_dir
@@ -374,6 +375,7 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
             max_eval_samples=data_args.max_eval_samples,
             seed=args.seed,
             decode_cache=data_args.decode_cache,
+            keyed_augmentation=data_args.keyed_augmentation,
             decode_num_proc=data_args.decode_num_proc,
             image_size=data_args.image_size,
             crop_padding=data_args.crop_padding,
@@ -406,6 +408,7 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         task_loss_scale=optim_args.task_loss_scale,
+        callbacks=[AugmentationEpochCallback(data.clock)] if data.clock is not None else None,
         **trainer_kwargs,
     )
     logger.info(

@@ -56,6 +56,11 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on a seeded class-balanced subset of N images."}
     )
+    keyed_augmentation: bool = field(
+        default=True,
+        metadata={"help": "Seed each training image's augmentation and each batch's CutMix/MixUp by (seed, epoch, "
+                  "row) instead of torch's global stream, so that a resumed run is exact (any worker count)."},
+    )
     decode_cache: bool = field(
         default=True, metadata={"help": "Decode images once into a cached uint8 Arrow column (datasets.map)."}
     )
@@ -85,8 +90,10 @@ class DataArguments:
             )
         if self.randaugment_num_ops < 0 or self.crop_padding < 0 or self.image_size < 1:
             raise ValueError("randaugment_num_ops and crop_padding must be >= 0, image_size >= 1.")
-        if self.train_subset is not None and self.train_subset <= 0:
-            self.train_subset = None
+        for name in ("train_subset", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be a positive number of images (omit it for all); got {value}.")
 
 
 @dataclass

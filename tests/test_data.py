@@ -214,9 +214,14 @@ def test_prepare_gives_model_ready_examples(synthetic_cifar100_balanced: Path) -
     assert example["pixel_values"].shape == (3, 32, 32) and example["pixel_values"].dtype == torch.float32
     assert example[MIX_MARKER] is True and isinstance(example["labels"], int)
     assert MIX_MARKER not in prepared.eval[0]
-    # per-access randomness: the same index differs between two reads (a new epoch sees new crops)
-    reads = [prepared.train[3]["pixel_values"] for _ in range(4)]
-    assert any(not torch.equal(reads[0], r) for r in reads[1:])
+    # keyed randomness: the same row reads the same within an epoch, and each new epoch sees new crops
+    reads = [prepared.train[3]["pixel_values"] for _ in range(2)]
+    assert torch.equal(reads[0], reads[1])
+    epochs = []
+    for epoch in range(4):
+        prepared.clock.epoch = epoch
+        epochs.append(prepared.train[3]["pixel_values"])
+    assert any(not torch.equal(epochs[0], r) for r in epochs[1:])
     assert torch.equal(prepared.eval[2]["pixel_values"], prepared.eval[2]["pixel_values"])
     batch = prepared.collator([prepared.train[i] for i in range(7)])
     assert batch["labels"].shape == (7, 10) and batch["labels"].dtype == torch.float32

@@ -8,24 +8,83 @@ access, on the decoded pixels, so it stays random per epoch.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
+from PIL import Image
 
 from sigreg_hf.data.transforms import HEIGHT_COLUMN, PIXELS_COLUMN, WIDTH_COLUMN, pil_to_uint8_chw
 
 
+def read_labels(dataset: datasets.Dataset, label_column: str) -> np.ndarray:
+    """The label column as an int64 array, read through Arrow (no per-row Python; honours ``select``).
+
+    Raises:
+        ValueError: a label is missing (null) or not an integer; the message names the first such row.
+    """
+    column = dataset.with_format("arrow")[label_column]
+    if column.null_count:
+        row = int(pc.index(pc.is_null(column), True).as_py())
+        raise ValueError(f"Label column {label_column!r} has a missing (null) label at row {row}.")
+    try:
+        return np.asarray(column.to_numpy(zero_copy_only=False)).astype(np.int64, casting="safe")
+    except TypeError as err:
+        raise ValueError(
+            f"Label column {label_column!r} holds {column.type} values; integer class ids are needed."
+        ) from err
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, *, split: str, label_column: str) -> None:
+    """Raise a ValueError naming the first row whose label is negative or ``>= num_classes``."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(
+            f"Split {split!r}, row {row}: label {int(labels[row])} in column {label_column!r} is outside "
+            f"0..{num_classes - 1} ({bad.size} such rows). Labels must be class ids 0..num_classes-1."
+        )
+
+
+def _open_image(value: Any) -> Image.Image:
+    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` cell."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif value.get("path"):
+            image = Image.open(value["path"])
+        else:
+            raise ValueError("the cell has neither bytes nor a path")
+        image.load()  # decode now, so that a truncated file fails here
+        return image
+    raise ValueError(f"unsupported image cell of type {type(value).__name__}")
+
+
 class _DecodeBatch:
-    """``Dataset.map`` function: PIL images -> uint8 HWC bytes (module-level class so the cache key is stable)."""
+    """``Dataset.map`` function: images -> uint8 HWC bytes (module-level class so the cache key is stable).
+
+    Cells arrive undecoded (``{"bytes", "path"}``), so that a corrupt image is reported with its row and file.
+    """
 
     def __init__(self, image_column: str, image_size: int | None) -> None:
         self.image_column = image_column
         self.image_size = image_size
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         pixels, heights, widths = [], [], []
-        for image in batch[self.image_column]:
+        for cell, row in zip(batch[self.image_column], indices, strict=True):
+            try:
+                image = _open_image(cell)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                where = f" ({cell['path']})" if isinstance(cell, dict) and cell.get("path") else ""
+                raise ValueError(
+                    f"Corrupt or unreadable image at row {row}{where} of column {self.image_column!r}: {err}. "
+                    "Remove or replace the file and run again."
+                ) from err
             chw = pil_to_uint8_chw(image, self.image_size)
             pixels.append(chw.permute(1, 2, 0).contiguous().numpy().tobytes())
             heights.append(int(chw.shape[1]))
@@ -59,9 +118,12 @@ def decode_images(
         }
     )
     remove = [c for c in dataset.column_names if c != label_column]
+    if isinstance(dataset.features[image_column], datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return dataset.map(
         _DecodeBatch(image_column, image_size),
         batched=True,
+        with_indices=True,
         batch_size=1000,
         remove_columns=remove,
         features=features,
@@ -85,7 +147,7 @@ def class_balanced_subset(
         raise ValueError(f"train_subset must be positive, got {size}.")
     if size > len(dataset):
         raise ValueError(f"train_subset {size} exceeds the {len(dataset)} examples of the training split.")
-    labels = np.asarray(dataset.with_format("numpy")[label_column], dtype=np.int64)
+    labels = read_labels(dataset, label_column)
     rng = np.random.default_rng(seed)
     per_class = np.full(num_classes, size // num_classes, dtype=np.int64)
     per_class[rng.choice(num_classes, size % num_classes, replace=False)] += 1

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import datasets
 
+from sigreg_hf.data.cache import check_label_range, read_labels
+
 DEFAULT_DATASET = "uoft-cs/cifar100"
 
 #: Label-column names tried, in order, when no ``ClassLabel`` feature decides it.
@@ -203,15 +205,20 @@ def load_image_classification_dataset(
     train = raw[train_split]
     image_col, label_col = detect_columns(train.features, image_column, label_column)
     label_feature = train.features[label_col]
+    train_labels = read_labels(train, label_col)
     if isinstance(label_feature, datasets.ClassLabel):
         num_classes, class_names = label_feature.num_classes, list(label_feature.names)
-    else:
-        num_classes, class_names = int(train.with_format("numpy")[label_col].max()) + 1, None
+    else:  # a plain integer column: the classes are 0..max label of the training split
+        if train_labels.size == 0:
+            raise ValueError(f"Training split {train_split!r} of {name_or_path!r} is empty.")
+        num_classes, class_names = int(train_labels.max()) + 1, None
+    check_label_range(train_labels, num_classes, split=train_split, label_column=label_col)
     eval_ds = raw[eval_split] if eval_split is not None else None
     if eval_ds is not None:
         missing = [c for c in (image_col, label_col) if c not in eval_ds.features]
         if missing:
             raise ValueError(f"Evaluation split {eval_split!r} lacks columns {missing}.")
+        check_label_range(read_labels(eval_ds, label_col), num_classes, split=eval_split, label_column=label_col)
     return ImageClassificationData(
         train=train,
         eval=eval_ds,

@@ -25,7 +25,7 @@ import torch
 import torch.utils.data
 from torchvision.transforms import v2
 
-from sigreg_hf.data.transforms import MIX_MARKER
+from sigreg_hf.data.transforms import MIX_MARKER, ROW_COLUMN, AugmentationClock
 
 
 def _process_index() -> int:
@@ -45,6 +45,8 @@ class ImageClassificationCollator:
         switch_prob: probability of CutMix (else MixUp) for a mixed batch.
         seed: when given, mixing draws from its own stream seeded by (seed, process rank, DataLoader worker
             seed), so runs are reproducible and workers/ranks/epochs differ; when None, torch's global RNG.
+        clock: when given (and the features carry their :data:`ROW_COLUMN`), each batch's mixing is seeded
+            by ``(clock seed, epoch, the batch's rows)``: a resumed run mixes exactly as the uninterrupted one.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ImageClassificationCollator:
         prob: float = 1.0,
         switch_prob: float = 0.5,
         seed: int | None = None,
+        clock: AugmentationClock | None = None,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
@@ -73,6 +76,7 @@ class ImageClassificationCollator:
         self.mixup = v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if mixup_alpha > 0 else None
         self.cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
         self.seed = seed
+        self.clock = clock
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
         self.last_choice: str | None = None  # "cutmix" | "mixup" | "none" for the latest training batch
@@ -86,10 +90,15 @@ class ImageClassificationCollator:
             self._rng_key = key
         return self._rng
 
-    def _apply_mix(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.seed is None:
+    def _apply_mix(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.clock is not None and rows is not None:
+            rng = np.random.default_rng(self.clock.key(_process_index(), *rows))
+        elif self.seed is None:
             return self._mix_with_global_rng(pixel_values, labels, float(torch.rand(())))
-        rng = self._generator()
+        else:
+            rng = self._generator()
         u = float(rng.random())
         batch_seed = int(rng.integers(0, 2**63 - 1))
         with torch.random.fork_rng(devices=[]):
@@ -118,8 +127,9 @@ class ImageClassificationCollator:
                 f"Labels must lie in [0, {self.num_classes}); got min {int(labels.min())}, max {int(labels.max())}."
             )
         is_train = all(f.get(MIX_MARKER, False) for f in features)
+        rows = [int(f[ROW_COLUMN]) for f in features] if all(ROW_COLUMN in f for f in features) else None
         if self.mix and is_train:
-            pixel_values, soft = self._apply_mix(pixel_values, labels)
+            pixel_values, soft = self._apply_mix(pixel_values, labels, rows)
             return {"pixel_values": pixel_values, "labels": soft}
         return {"pixel_values": pixel_values, "labels": labels}
 

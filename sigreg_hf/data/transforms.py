@@ -7,7 +7,9 @@ decoded-image cache (:mod:`sigreg_hf.data.cache`) or from PIL images decoded on 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,12 +107,38 @@ def cached_to_uint8_chw(pixels: bytes, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+#: Column holding each training row's position, so that its augmentation can be keyed by it.
+ROW_COLUMN = "__row__"
+
+
+@dataclass
+class AugmentationClock:
+    """The run seed and the current epoch, shared by the training transform and the collator.
+
+    Augmentation randomness is a function of ``(seed, epoch, row)`` instead of a position in torch's global
+    random stream, so a resumed run draws exactly what the uninterrupted run drew (the Trainer restores its
+    RNG only after the first resumed batch was fetched) whatever the number of DataLoader workers.
+    :class:`AugmentationEpochCallback` advances ``epoch``.
+    """
+
+    seed: int
+    epoch: int = 0
+
+    def key(self, *parts: int) -> int:
+        """A 63-bit seed for ``(seed, epoch, *parts)``."""
+        text = "|".join(str(int(p)) for p in (self.seed, self.epoch, *parts))
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
 class ImageBatchTransform:
     """The function given to ``Dataset.with_transform``: rows -> ``pixel_values`` / ``labels``.
 
     Reads either the decoded-image cache columns (``pixels``/``height``/``width``) or a PIL image column,
     applies ``transform`` per image (fresh randomness on every access, so every epoch differs), and,
     when ``mark_for_mixing`` is true, tags each example with :data:`MIX_MARKER` for the collator.
+    With a ``clock`` (and the :data:`ROW_COLUMN` in the data), each image's randomness is seeded by
+    ``(seed, epoch, row)`` inside a forked RNG, leaving torch's global stream untouched; the row is passed on
+    for the collator.
     """
 
     def __init__(
@@ -121,8 +149,10 @@ class ImageBatchTransform:
         label_column: str,
         image_size: int | None = None,
         mark_for_mixing: bool = False,
+        clock: AugmentationClock | None = None,
     ) -> None:
         self.transform = transform
+        self.clock = clock
         self.image_column = image_column
         self.label_column = label_column
         self.image_size = image_size
@@ -142,10 +172,20 @@ class ImageBatchTransform:
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         images = self._images(batch)
-        out: dict[str, list[Any]] = {
-            "pixel_values": [self.transform(img) for img in images],
-            "labels": [int(y) for y in batch[self.label_column]],
-        }
+        out: dict[str, list[Any]] = {"labels": [int(y) for y in batch[self.label_column]]}
+        if self.clock is None:
+            out["pixel_values"] = [self.transform(img) for img in images]
+        else:
+            if ROW_COLUMN not in batch:
+                raise KeyError(f"Keyed augmentation needs the {ROW_COLUMN!r} column (see add_row_column).")
+            rows = [int(r) for r in batch[ROW_COLUMN]]
+            pixel_values = []
+            with torch.random.fork_rng(devices=[]):
+                for img, row in zip(images, rows, strict=True):
+                    torch.manual_seed(self.clock.key(row))
+                    pixel_values.append(self.transform(img))
+            out["pixel_values"] = pixel_values
+            out[ROW_COLUMN] = rows
         if self.mark_for_mixing:
             out[MIX_MARKER] = [True] * len(images)
         return out
