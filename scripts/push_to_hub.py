@@ -11,7 +11,7 @@ ORG/NAME, with model-index), the plots, results.json, log_history.csv and the re
 
 import sys
 
-from sigreg_hf.cli import main
+from sigreg_hf.experiments.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["push", *sys.argv[1:]]))

@@ -92,8 +92,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate and print; shared by the console script and scripts/evaluate_checkpoint.py."""
-    from sigreg_hf.data import DatasetUnavailableError
-    from sigreg_hf.hub import CheckpointUnavailableError, evaluate_checkpoint
+    from sigreg_hf.experiments.data import DatasetUnavailableError
+    from sigreg_hf.experiments.hub import CheckpointUnavailableError, evaluate_checkpoint
 
     try:
         result = _evaluate(args, evaluate_checkpoint)
@@ -119,7 +119,7 @@ def _evaluate(args: argparse.Namespace, evaluate_checkpoint: Any) -> dict[str, A
 
 def run_push(args: argparse.Namespace) -> int:
     """Push and report; a failure prints the retry command and returns 1."""
-    from sigreg_hf.hub import HubPushError, push_run_to_hub
+    from sigreg_hf.experiments.hub import HubPushError, push_run_to_hub
 
     try:
         info = push_run_to_hub(args.run_dir, args.repo_id, private=args.private, token=args.token,
@@ -137,7 +137,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     """Print the table (and write it with the overlay plots when --output_dir is given)."""
-    from sigreg_hf.results import collect_results, experiment_summary
+    from sigreg_hf.experiments.results import collect_results, experiment_summary
 
     runs, table = collect_results(args.run_dirs, args.output_dir)
     print(table)
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sigreg-hf`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from sigreg_hf.cli_train import main as train_main
+        from sigreg_hf.experiments.cli_train import main as train_main
 
         record = train_main(argv[1:])
         return 0 if record is not None or "--list_recipes" in argv else 1
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough = [a for a in passthrough if a != "--"]
         if passthrough and not passthrough[0].startswith("--"):
             parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
-        from sigreg_hf.quickstart import run_quickstart
+        from sigreg_hf.experiments.quickstart import run_quickstart
 
         run_quickstart(
             args.output_dir, dataset=args.dataset, epochs=args.epochs, seed=args.seed,

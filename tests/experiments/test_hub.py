@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, ModelCard, metadata_load
 
-from sigreg_hf import cli_train
-from sigreg_hf.hub import (
+from sigreg_hf.experiments import cli_train
+from sigreg_hf.experiments.hub import (
     HubPushError,
     build_model_card,
     evaluate_checkpoint,
@@ -28,7 +28,7 @@ from sigreg_hf.hub import (
     trainer_push_to_hub,
     write_model_card,
 )
-from sigreg_hf.quickstart import digits_dataset, ensure_run_outputs
+from sigreg_hf.experiments.quickstart import digits_dataset, ensure_run_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MLP = '{"hidden_size": 48, "num_hidden_layers": 2}'
@@ -159,7 +159,7 @@ def test_failed_push_keeps_everything_and_says_how_to_retry(tmp_path, trained_ru
     assert "Hub unreachable" in message and "Nothing was deleted" in message
     assert f"python scripts/push_to_hub.py {run} --repo_id sigreg-org/mlp-weak --private" in message
     assert sorted(p.name for p in run.iterdir()) == before
-    from sigreg_hf.cli import main
+    from sigreg_hf.experiments.cli import main
 
     assert main(["push", str(run), "--repo_id", "sigreg-org/mlp-weak"]) == 1
     err = capsys.readouterr().err
@@ -176,10 +176,10 @@ def test_incomplete_run_is_refused_before_any_upload(tmp_path, monkeypatch):
 
 
 def test_trainer_push_path_sends_the_same_files(tmp_path, digits_path, monkeypatch):
-    """A SIGRegTrainer trained in-process, pushed through sigreg_hf.hub.trainer_push_to_hub."""
+    """A SIGRegTrainer trained in-process, pushed through sigreg_hf.experiments.hub.trainer_push_to_hub."""
     from sigreg_hf.config import SIGRegConfig
-    from sigreg_hf.data import prepare_image_classification_data
-    from sigreg_hf.metrics import build_compute_metrics
+    from sigreg_hf.experiments.data import prepare_image_classification_data
+    from sigreg_hf.experiments.metrics import build_compute_metrics
     from sigreg_hf.models import create_model
     from sigreg_hf.trainer import SIGRegTrainer
 

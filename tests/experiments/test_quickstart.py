@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from sigreg_hf.cli import main
-from sigreg_hf.quickstart import digits_dataset
+from sigreg_hf.experiments.cli import main
+from sigreg_hf.experiments.quickstart import digits_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_digits_split_is_stratified_seeded_and_goes_through_the_project_loader(tmp_path):
     import datasets
 
-    from sigreg_hf.data import load_image_classification_dataset
+    from sigreg_hf.experiments.data import load_image_classification_dataset
 
     path = digits_dataset(tmp_path / "d", seed=1)
     raw = load_image_classification_dataset(str(path))
@@ -69,7 +69,7 @@ def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path
     # the checkpoint re-evaluates to its recorded accuracy on the same digits split, rebuilt from scikit-learn
     import huggingface_hub.constants
 
-    from sigreg_hf.hub import evaluate_checkpoint
+    from sigreg_hf.experiments.hub import evaluate_checkpoint
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf_home"))
     again = evaluate_checkpoint(str(out / "weak"))
@@ -78,7 +78,7 @@ def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path
 
 
 def test_quickstart_unknown_dataset_fails_fast_with_a_clear_error(tmp_path):
-    from sigreg_hf.data import DatasetUnavailableError
+    from sigreg_hf.experiments.data import DatasetUnavailableError
 
     with pytest.raises((DatasetUnavailableError, ValueError)):
         main(["quickstart", "--output_dir", str(tmp_path), "--dataset", str(tmp_path / "nowhere"), "--epochs", "1",
@@ -89,15 +89,15 @@ def test_console_script_is_declared_and_answers_help():
     from importlib.metadata import entry_points
 
     (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "sigreg-hf"]
-    assert entry.value == "sigreg_hf.cli:main"
-    proc = subprocess.run([sys.executable, "-m", "sigreg_hf.cli", "quickstart", "--help"], capture_output=True,
+    assert entry.value == "sigreg_hf.experiments.cli:main"
+    proc = subprocess.run([sys.executable, "-m", "sigreg_hf.experiments.cli", "quickstart", "--help"], capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and "--output_dir" in proc.stdout and "--dataset" in proc.stdout
 
 
 def test_quickstart_on_another_dataset_runs_the_recipes_unchanged(tmp_path, capsys):
     """--dataset PATH: the CIFAR-schema parquet folder goes through the mlp_sgd_* recipes at 32x32 (1 epoch)."""
-    from sigreg_hf.data import write_synthetic_cifar100
+    from sigreg_hf.experiments.data import write_synthetic_cifar100
 
     data = write_synthetic_cifar100(tmp_path / "cifar_like", num_train=256, num_test=100, num_classes=100)
     out = tmp_path / "qs"

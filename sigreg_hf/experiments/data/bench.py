@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sigreg_hf.data.cache import decode_images
-from sigreg_hf.data.loading import load_image_classification_dataset
-from sigreg_hf.data.mixing import ImageClassificationCollator
-from sigreg_hf.data.transforms import ImageBatchTransform, build_train_transform, resolve_mean_std
+from sigreg_hf.experiments.data.cache import decode_images
+from sigreg_hf.experiments.data.loading import load_image_classification_dataset
+from sigreg_hf.experiments.data.mixing import ImageClassificationCollator
+from sigreg_hf.experiments.data.transforms import ImageBatchTransform, build_train_transform, resolve_mean_std
 
 
 @dataclass

@@ -7,16 +7,16 @@ Every field can be set in a recipe YAML and overridden on the command line (``--
 Notes on TrainingArguments fields: ``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_epsilon``,
 ``max_grad_norm`` (0 disables clipping) and ``warmup_steps`` are used by the optimiser/schedule built
 here; ``optim`` and ``lr_scheduler_type`` are ignored in favour of ``--optimizer`` and ``--lr_schedule``
-(except under FSDP/DeepSpeed, where the Trainer builds the scheduler; see ``sigreg_hf.cli_train``).
+(except under FSDP/DeepSpeed, where the Trainer builds the scheduler; see ``sigreg_hf.experiments.cli_train``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from sigreg_hf.data.loading import DEFAULT_DATASET
-from sigreg_hf.data.transforms import MEAN_STD_PRESETS
-from sigreg_hf.optim import MUON_PARAM_RULES, OPTIMIZERS, SCHEDULE_INTERVALS, SCHEDULES
+from sigreg_hf.experiments.data.loading import DEFAULT_DATASET
+from sigreg_hf.experiments.data.transforms import MEAN_STD_PRESETS
+from sigreg_hf.experiments.optim import MUON_PARAM_RULES, OPTIMIZERS, SCHEDULE_INTERVALS, SCHEDULES
 
 
 @dataclass
@@ -91,7 +91,7 @@ class DataArguments:
 
 @dataclass
 class OptimArguments:
-    """Optimiser and schedule (see ``sigreg_hf.optim``); lr/wd/betas/clipping come from the TrainingArguments."""
+    """Optimiser and schedule (see ``sigreg_hf.experiments.optim``); lr/wd/betas/clipping come from the TrainingArguments."""
 
     optimizer: str = field(
         default="sgd", metadata={"help": "sgd | adamw | muon (Muon+AdamW).", "choices": list(OPTIMIZERS)}

@@ -16,8 +16,8 @@ from accelerate.commands.config.config_args import ClusterConfig
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
-from sigreg_hf.cli_train import main, parse_args
-from sigreg_hf.recipes import PUBLISHED_TOP1, load_recipe
+from sigreg_hf.experiments.cli_train import main, parse_args
+from sigreg_hf.experiments.recipes import PUBLISHED_TOP1, load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # ../shared/data beside the clone
@@ -165,7 +165,7 @@ def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
 
 
 def test_reproduce_dry_run_prints_all_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    from sigreg_hf.cli_reproduce import main as reproduce
+    from sigreg_hf.experiments.cli_reproduce import main as reproduce
 
     assert reproduce(["--dry_run", "--output_root", "out"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -212,9 +212,9 @@ def test_schedule_counts_steps_like_the_trainer(synthetic_cifar100: Path, tmp_pa
 
 
 def test_optimizer_and_schedule_under_ddp_and_sharded_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from sigreg_hf.cli_train import optimizer_and_schedule
+    from sigreg_hf.experiments.cli_train import optimizer_and_schedule
     from sigreg_hf.models import create_model
-    from sigreg_hf.optim import OptimizerFactory
+    from sigreg_hf.experiments.optim import OptimizerFactory
 
     model = create_model("vit_peak", num_classes=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
     args, _, _, optim_args, _ = parse_args(["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path)])

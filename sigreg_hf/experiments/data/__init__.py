@@ -3,18 +3,18 @@
 See :func:`prepare_image_classification_data` for the one-call path used by ``scripts/train.py``.
 """
 
-from sigreg_hf.data.cache import class_balanced_subset, compute_mean_std, decode_images
-from sigreg_hf.data.loading import (
+from sigreg_hf.experiments.data.cache import class_balanced_subset, compute_mean_std, decode_images
+from sigreg_hf.experiments.data.loading import (
     DEFAULT_DATASET,
     DatasetUnavailableError,
     ImageClassificationData,
     detect_columns,
     load_image_classification_dataset,
 )
-from sigreg_hf.data.mixing import ImageClassificationCollator, dominant_label_top1
-from sigreg_hf.data.pipeline import PreparedImageData, prepare_image_classification_data
-from sigreg_hf.data.synthetic import synthetic_cifar100_split, write_synthetic_cifar100
-from sigreg_hf.data.transforms import (
+from sigreg_hf.experiments.data.mixing import ImageClassificationCollator, dominant_label_top1
+from sigreg_hf.experiments.data.pipeline import PreparedImageData, prepare_image_classification_data
+from sigreg_hf.experiments.data.synthetic import synthetic_cifar100_split, write_synthetic_cifar100
+from sigreg_hf.experiments.data.transforms import (
     MEAN_STD_PRESETS,
     MIX_MARKER,
     ImageBatchTransform,

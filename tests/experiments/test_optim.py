@@ -11,7 +11,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from sigreg_hf.models import create_model
-from sigreg_hf.optim import (
+from sigreg_hf.experiments.optim import (
     OptimizerFactory,
     build_lr_scheduler,
     build_optimizer,

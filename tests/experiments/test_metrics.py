@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sigreg_hf.metrics import (
+from sigreg_hf.experiments.metrics import (
     available_metrics,
     build_compute_metrics,
     load_metric,

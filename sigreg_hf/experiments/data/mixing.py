@@ -7,7 +7,7 @@ probability ``switch_prob`` (0.5), else MixUp (lambda ~ Beta(0.8, 0.8)). Labels 
 one-hot targets so every training batch has the same label format. Any batch size works (odd sizes,
 the final partial batch, even a single example, which mixes with itself and keeps its label).
 
-Only examples tagged with :data:`~sigreg_hf.data.transforms.MIX_MARKER` (set by the training transform)
+Only examples tagged with :data:`~sigreg_hf.experiments.data.transforms.MIX_MARKER` (set by the training transform)
 are mixed; evaluation batches pass through with integer labels.
 
 Train accuracy under mixing: a mixed batch has no single true label. :func:`dominant_label_top1` scores
@@ -25,7 +25,7 @@ import torch
 import torch.utils.data
 from torchvision.transforms import v2
 
-from sigreg_hf.data.transforms import MIX_MARKER
+from sigreg_hf.experiments.data.transforms import MIX_MARKER
 
 
 def _process_index() -> int:

@@ -4,7 +4,7 @@ Each recipe runs as its own ``scripts/train.py`` process (plain ``python``, ``ac
 ``torchrun``) with ``--output_dir <output_root>/<recipe>`` plus any extra arguments given after ``--``.
 At the end (and after every run) the finished runs are put side by side with the seed's published
 numbers in ``<output_root>/results_table.md`` / ``.csv`` and overlay plots
-(:func:`sigreg_hf.results.collect_results`). ``--dry_run`` prints the commands and runs nothing.
+(:func:`sigreg_hf.experiments.results.collect_results`). ``--dry_run`` prints the commands and runs nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sigreg_hf.recipes import list_recipes
+from sigreg_hf.experiments.recipes import list_recipes
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _collect(run_dirs: list[Path], root: Path, *, plots: bool) -> str:
-    from sigreg_hf.results import collect_results
+    from sigreg_hf.experiments.results import collect_results
 
     _, markdown = collect_results(run_dirs, root, plots=plots)
     return markdown

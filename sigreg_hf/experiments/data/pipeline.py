@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import datasets
 
-from sigreg_hf.data.cache import class_balanced_subset, compute_mean_std, decode_images
-from sigreg_hf.data.loading import DEFAULT_DATASET, load_image_classification_dataset
-from sigreg_hf.data.mixing import ImageClassificationCollator
-from sigreg_hf.data.transforms import (
+from sigreg_hf.experiments.data.cache import class_balanced_subset, compute_mean_std, decode_images
+from sigreg_hf.experiments.data.loading import DEFAULT_DATASET, load_image_classification_dataset
+from sigreg_hf.experiments.data.mixing import ImageClassificationCollator
+from sigreg_hf.experiments.data.transforms import (
     ImageBatchTransform,
     build_eval_transform,
     build_train_transform,
@@ -68,7 +68,7 @@ def prepare_image_classification_data(
 ) -> PreparedImageData:
     """Load, optionally subset and decode-cache, and attach lazy transforms to train/eval splits.
 
-    ``mean_std`` is a preset name (see :data:`~sigreg_hf.data.transforms.MEAN_STD_PRESETS`) or
+    ``mean_std`` is a preset name (see :data:`~sigreg_hf.experiments.data.transforms.MEAN_STD_PRESETS`) or
     ``"dataset"`` to compute the statistics from the (subset) training split; explicit ``mean``/``std``
     win over both. ``train_subset`` keeps ``train_subset // num_classes`` examples per class (seeded);
     ``max_eval_samples`` subsets the evaluation split the same way.

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-import sigreg_hf.data.loading as loading
-from sigreg_hf.data import (
+import sigreg_hf.experiments.data.loading as loading
+from sigreg_hf.experiments.data import (
     MEAN_STD_PRESETS,
     MIX_MARKER,
     DatasetUnavailableError,
@@ -109,7 +109,7 @@ def test_offline_and_not_cached_fails_fast(tmp_path: Path) -> None:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     code = (
-        "from sigreg_hf.data import load_image_classification_dataset as f, DatasetUnavailableError as E\n"
+        "from sigreg_hf.experiments.data import load_image_classification_dataset as f, DatasetUnavailableError as E\n"
         "try:\n    f('uoft-cs/cifar100')\nexcept E as e:\n    print('ERR', e)\n"
     )
     start = time.time()
@@ -299,7 +299,7 @@ def test_dominant_label_top1() -> None:
 
 
 def test_pipeline_bench_runs(synthetic_cifar100: Path) -> None:
-    from sigreg_hf.data.bench import PipelineBench, markdown_table
+    from sigreg_hf.experiments.data.bench import PipelineBench, markdown_table
 
     bench = PipelineBench(str(synthetic_cifar100))
     result = bench.run(decode_cache=True, randaugment=True, mix=True, num_images=64, batch_size=16)

@@ -1,7 +1,7 @@
 """Recipes: one YAML per row of the seed's CIFAR-100 tables, loaded and validated here.
 
 A recipe is a flat mapping of command-line field names (``SIGRegConfig`` / TrainingArguments fields and
-the fields of :mod:`sigreg_hf.train_args`) to values; ``scripts/train.py --recipe NAME`` uses them as
+the fields of :mod:`sigreg_hf.experiments.train_args`) to values; ``scripts/train.py --recipe NAME`` uses them as
 defaults, and command-line arguments override them. Recipes live in ``recipes/`` at the repository root
 (override with the ``SIGREG_RECIPES_DIR`` environment variable); names follow
 ``{resnet18|vit|vitpeak|mlp}_{sgd|adamw|muon}[_mix]_{none|weak|strong}``.
@@ -74,7 +74,7 @@ def list_recipes(directory: str | Path | None = None) -> list[str]:
 def allowed_keys() -> set[str]:
     """Every field a recipe may set (SIGRegConfig + the CLI dataclasses)."""
     from sigreg_hf.config import SIGRegConfig
-    from sigreg_hf.train_args import CLI_DATACLASSES, field_names
+    from sigreg_hf.experiments.train_args import CLI_DATACLASSES, field_names
 
     return field_names(SIGRegConfig, *CLI_DATACLASSES)
 

@@ -2,7 +2,7 @@
 
 Train: RandomCrop(size, padding) + RandomHorizontalFlip (+ RandAugment(n, m)) + float conversion +
 normalise. Eval: float conversion + normalise. Both run on uint8 CHW tensors, whether they come from the
-decoded-image cache (:mod:`sigreg_hf.data.cache`) or from PIL images decoded on the fly.
+decoded-image cache (:mod:`sigreg_hf.experiments.data.cache`) or from PIL images decoded on the fly.
 """
 
 from __future__ import annotations

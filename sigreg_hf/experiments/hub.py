@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sigreg_hf.results import (
+from sigreg_hf.experiments.results import (
     ACCURACY_PLOT_FILE,
     LOSS_PLOT_FILE,
     RESULTS_FILE,
@@ -558,7 +558,7 @@ def _checkpoint_results(model_id: str, revision: str | None) -> dict[str, Any]:
 
 def _builtin_dataset(name: str, recorded: Mapping[str, Any]) -> str:
     """Materialise the quickstart's scikit-learn digits split (same seed and fraction as the run) if asked."""
-    from sigreg_hf.quickstart import DIGITS_NAMES, DIGITS_TEST_FRACTION, digits_dataset
+    from sigreg_hf.experiments.quickstart import DIGITS_NAMES, DIGITS_TEST_FRACTION, digits_dataset
 
     if name not in DIGITS_NAMES:
         return name
@@ -595,7 +595,7 @@ def evaluate_checkpoint(
     Args:
         model: a Hub repo id (``ORG/NAME``; downloaded once, then read from the cache - with
             ``HF_HUB_OFFLINE=1`` only the cache is used) or a local folder.
-        dataset_name: anything :func:`sigreg_hf.data.load_image_classification_dataset` accepts, or
+        dataset_name: anything :func:`sigreg_hf.experiments.data.load_image_classification_dataset` accepts, or
             ``"sklearn-digits"`` (the quickstart's split, rebuilt from scikit-learn); default: the ``dataset``
             recorded in the checkpoint's ``results.json``.
         split: the split to evaluate (default ``"test"``).
@@ -611,8 +611,8 @@ def evaluate_checkpoint(
     from transformers import AutoModelForImageClassification
 
     import sigreg_hf.models  # noqa: F401 - registers the sigreg-* model types with the Auto classes
-    from sigreg_hf.data import prepare_image_classification_data
-    from sigreg_hf.metrics import load_metric
+    from sigreg_hf.experiments.data import prepare_image_classification_data
+    from sigreg_hf.experiments.metrics import load_metric
 
     try:
         net = AutoModelForImageClassification.from_pretrained(model, revision=revision)

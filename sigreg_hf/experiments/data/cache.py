@@ -13,7 +13,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from sigreg_hf.data.transforms import HEIGHT_COLUMN, PIXELS_COLUMN, WIDTH_COLUMN, pil_to_uint8_chw
+from sigreg_hf.experiments.data.transforms import HEIGHT_COLUMN, PIXELS_COLUMN, WIDTH_COLUMN, pil_to_uint8_chw
 
 
 class _DecodeBatch:

@@ -12,7 +12,7 @@ import matplotlib.figure
 import pytest
 import yaml
 
-from sigreg_hf.results import (
+from sigreg_hf.experiments.results import (
     collect_results,
     epoch_table,
     experiment_summary,
@@ -246,7 +246,7 @@ def test_seeds_of_one_setting_are_grouped_and_summarised(tmp_path):
 
 def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
     """The accuracy overlay has a thin line per seed and one labelled mean line for a multi-seed setting."""
-    import sigreg_hf.results as results_module
+    import sigreg_hf.experiments.results as results_module
 
     dirs = []
     for seed, curve in ((0, [12.0, 25.0, 20.0]), (1, [14.0, 21.0, 26.0])):

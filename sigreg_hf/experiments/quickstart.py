@@ -3,7 +3,7 @@
 By default it needs no network and little time: scikit-learn's handwritten digits (1,797 8x8 grey images,
 10 classes, shipped inside scikit-learn) are split into a stratified, seeded train/test split, written as a
 ``datasets`` folder (``save_to_disk``) and trained through the project's own training command line
-(:mod:`sigreg_hf.cli_train`: the ``mlp_sgd_{none,weak,strong}`` recipes, ``SIGRegTrainer``, the same data
+(:mod:`sigreg_hf.experiments.cli_train`: the ``mlp_sgd_{none,weak,strong}`` recipes, ``SIGRegTrainer``, the same data
 pipeline as CIFAR). Only the dataset-specific settings are overridden: 8x8 inputs, no crop padding or
 flips (digits are not mirror-symmetric), mean/std computed from the training split, and a short schedule.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigreg_hf.results import RESULTS_FILE, collect_results, load_results, write_run_outputs
+from sigreg_hf.experiments.results import RESULTS_FILE, collect_results, load_results, write_run_outputs
 
 __all__ = [
     "DIGITS",
@@ -165,7 +165,7 @@ def ensure_run_outputs(run_dir: Path, record: dict[str, Any], recipe: str, comma
             f"{run_dir}: the training run left neither a complete {RESULTS_FILE} nor a checkpoint with its log "
             "history; cannot build the results table."
         )
-    from sigreg_hf.recipes import load_recipe
+    from sigreg_hf.experiments.recipes import load_recipe
 
     return write_run_outputs(
         run_dir,
@@ -207,7 +207,7 @@ def run_quickstart(
         keep_checkpoints: keep the intermediate ``checkpoint-*`` folders (digits runs).
         echo: where progress lines go (``print``).
     """
-    from sigreg_hf.hub import build_model_card
+    from sigreg_hf.experiments.hub import build_model_card
 
     start = time.time()
     output_dir = Path(output_dir)
@@ -290,8 +290,8 @@ def _train_variants(
     keep_checkpoints: bool,
     echo: Any,
 ) -> list[dict[str, Any]]:
-    from sigreg_hf import cli_train
-    from sigreg_hf.hub import write_model_card
+    from sigreg_hf.experiments import cli_train
+    from sigreg_hf.experiments.hub import write_model_card
 
     runs: list[dict[str, Any]] = []
     for i, (name, recipe) in enumerate(chosen, start=1):
@@ -321,7 +321,7 @@ def _dataset_title(digits: bool, dataset: str) -> str:
 def _relabel_digits(run_dir: Path, results: dict[str, Any], command: str, split: dict[str, Any]) -> dict[str, Any]:
     """Record the digits runs under a portable dataset name and the quickstart command that reproduces them.
 
-    ``sigreg_hf.hub.evaluate_checkpoint`` rebuilds the same split from ``digits_split``.
+    ``sigreg_hf.experiments.hub.evaluate_checkpoint`` rebuilds the same split from ``digits_split``.
     """
     results = {k: v for k, v in results.items() if k != "run_dir"}
     results["digits_split"] = split
@@ -355,8 +355,8 @@ def _limits(digits: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sigreg_hf.quickstart`` (same options as ``sigreg-hf quickstart``)."""
-    from sigreg_hf.cli import main as cli_main
+    """``python -m sigreg_hf.experiments.quickstart`` (same options as ``sigreg-hf quickstart``)."""
+    from sigreg_hf.experiments.cli import main as cli_main
 
     return cli_main(["quickstart", *(sys.argv[1:] if argv is None else argv)])
 

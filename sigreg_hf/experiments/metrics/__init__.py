@@ -5,7 +5,7 @@ evaluation works offline. Each module is a folder ``<name>/<name>.py`` defining 
 
 Example::
 
-    from sigreg_hf.metrics import build_compute_metrics, load_metric
+    from sigreg_hf.experiments.metrics import build_compute_metrics, load_metric
     metric = load_metric("top_k_accuracy")
     metric.compute(predictions=logits, references=labels, k=[1, 5])   # {"top1": 0.53, "top5": 0.81}
     trainer = SIGRegTrainer(..., compute_metrics=build_compute_metrics())  # logs eval_top1 / eval_top5 (percent)

@@ -24,11 +24,11 @@ import torch
 from transformers import HfArgumentParser, ViTImageProcessor, set_seed
 
 from sigreg_hf.config import SIGRegConfig
-from sigreg_hf.data import PreparedImageData, dominant_label_top1, prepare_image_classification_data
-from sigreg_hf.metrics import build_compute_metrics, preprocess_logits_for_metrics
-from sigreg_hf.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
-from sigreg_hf.recipes import list_recipes, load_recipe, recipes_dir
-from sigreg_hf.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
+from sigreg_hf.experiments.data import PreparedImageData, dominant_label_top1, prepare_image_classification_data
+from sigreg_hf.experiments.metrics import build_compute_metrics, preprocess_logits_for_metrics
+from sigreg_hf.experiments.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
+from sigreg_hf.experiments.recipes import list_recipes, load_recipe, recipes_dir
+from sigreg_hf.experiments.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
 from sigreg_hf.trainer import SIGRegTrainer
 
 logger = logging.getLogger("sigreg_hf.train")
@@ -127,7 +127,7 @@ def build_model(model_args: ModelArguments, data: PreparedImageData) -> torch.nn
 
 
 def optimizer_kwargs(args: SIGRegConfig, optim_args: OptimArguments) -> dict[str, Any]:
-    """Keyword arguments of :func:`sigreg_hf.optim.build_optimizer` from the parsed arguments."""
+    """Keyword arguments of :func:`sigreg_hf.experiments.optim.build_optimizer` from the parsed arguments."""
     return {
         "name": optim_args.optimizer,
         "learning_rate": args.learning_rate,
@@ -422,8 +422,8 @@ def write_outputs(
     run_args: RunArguments,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Write results.json (+ log CSV, plots, recipe.yaml) through :func:`sigreg_hf.results.write_run_outputs`."""
-    from sigreg_hf.results import write_run_outputs
+    """Write results.json (+ log CSV, plots, recipe.yaml) through :func:`sigreg_hf.experiments.results.write_run_outputs`."""
+    from sigreg_hf.experiments.results import write_run_outputs
 
     recipe_config = load_recipe(run_args.recipe) if run_args.recipe else None
     return write_run_outputs(
@@ -455,8 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 def cli() -> None:
     """Console entry: like :func:`main`, but configuration/data errors end the process with a clean message."""
-    from sigreg_hf.data import DatasetUnavailableError
-    from sigreg_hf.recipes import RecipeError
+    from sigreg_hf.experiments.data import DatasetUnavailableError
+    from sigreg_hf.experiments.recipes import RecipeError
 
     try:
         main()

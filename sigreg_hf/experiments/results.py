@@ -458,7 +458,7 @@ def write_run_outputs(
         output_dir: the run directory (created if needed).
         log_history: ``trainer.state.log_history`` (train logs with ``loss`` / ``task_loss`` /
             ``sigreg_loss``; evaluation logs with ``eval_loss`` / ``eval_top1`` / ``eval_top5`` in percent,
-            as :func:`sigreg_hf.metrics.build_compute_metrics` produces).
+            as :func:`sigreg_hf.experiments.metrics.build_compute_metrics` produces).
         recipe: recipe name (e.g. ``"mlp_sgd_weak"``), or ``None`` for an ad-hoc run.
         seed: the run's seed.
         epochs: epochs trained (``trainer.state.epoch``, may be fractional) or planned.
@@ -472,7 +472,7 @@ def write_run_outputs(
         model_name, dataset_name, sigreg_mode, sigreg_alpha, train_images, eval_images, command, run_name:
             recorded as given (``sigreg_mode`` / ``sigreg_alpha`` / ``model_name`` default to the recipe's).
         extra: more JSON-serialisable fields to record under ``"extra"``.
-        record: a results record from the training CLI (e.g. ``sigreg_hf.cli_train.collect_results``): its
+        record: a results record from the training CLI (e.g. ``sigreg_hf.experiments.cli_train.collect_results``): its
             fields are kept at the top level (optimizer, learning rate, evaluations, ...), except those this
             function computes, which win (accuracies, losses, per-epoch table, versions).
         plots: write the PNG plots (default True).

@@ -1,6 +1,6 @@
 """Top-k accuracy as an ``evaluate`` metric module, shipped with sigreg_hf and loaded by path.
 
-Load it with ``sigreg_hf.metrics.load_metric()`` (or ``evaluate.load(<path to this folder>)``): no
+Load it with ``sigreg_hf.experiments.metrics.load_metric()`` (or ``evaluate.load(<path to this folder>)``): no
 network is needed. ``predictions`` are per-example class scores (logits or probabilities, one row of
 ``num_classes`` floats per example); ``references`` are integer class indices.
 """
@@ -26,7 +26,7 @@ Returns:
     A dict with one entry `top{k}` per requested k: the accuracy as a fraction in [0, 1].
 
 Examples:
-    >>> metric = sigreg_hf.metrics.load_metric()
+    >>> metric = sigreg_hf.experiments.metrics.load_metric()
     >>> metric.compute(predictions=[[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], references=[1, 2], k=[1, 2])
     {'top1': 0.5, 'top2': 0.5}
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sigreg_hf.recipes import (
+from sigreg_hf.experiments.recipes import (
     PUBLISHED_TOP1,
     RECIPE_NAME_RE,
     RecipeError,
