@@ -6,7 +6,7 @@ Subcommands::
                          [any scripts/train.py option, passed to the three runs]
     sigreg-hf train ...                      (= python scripts/train.py ...)
     sigreg-hf collect RUN_DIR... [--output_dir DIR]
-    sigreg-hf push RUN_DIR --repo_id ORG/NAME [--private]
+    sigreg-hf push RUN_DIR --repo_id ORG/NAME [--private] [--overwrite_readme]
     sigreg-hf evaluate --model ORG/NAME|PATH [--dataset_name ...] [--output_json FILE]
 """
 
@@ -18,6 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from sigreg_hf.experiments import cli_train
+from sigreg_hf.experiments.collect import collect_results, experiment_summary
+from sigreg_hf.experiments.data import DatasetUnavailableError
+from sigreg_hf.experiments.evaluate import CheckpointUnavailableError, evaluate_checkpoint
+from sigreg_hf.experiments.push import HubPushError, push_run_to_hub
+from sigreg_hf.experiments.quickstart import run_quickstart
 
 __all__ = ["build_parser", "main"]
 
@@ -68,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN).")
     p.add_argument("--revision", default=None, help="Branch to push to (default: main).")
     p.add_argument("--commit_message", default=None)
+    p.add_argument("--overwrite_readme", action="store_true",
+                   help="Replace a README.md you wrote by a generated model card (default: keep yours).")  # fmt: skip
 
     p = sub.add_parser("evaluate", help="Top-1/top-5 of a checkpoint (Hub id or folder) on a test split.")
     add_evaluate_arguments(p)
@@ -92,11 +101,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate and print; shared by the console script and scripts/evaluate_checkpoint.py."""
-    from sigreg_hf.experiments.data import DatasetUnavailableError
-    from sigreg_hf.experiments.hub import CheckpointUnavailableError, evaluate_checkpoint
-
     try:
-        result = _evaluate(args, evaluate_checkpoint)
+        result = _evaluate(args)
     except (CheckpointUnavailableError, DatasetUnavailableError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -108,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace, evaluate_checkpoint: Any) -> dict[str, Any]:
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate_checkpoint(
         args.model, dataset_name=args.dataset_name, dataset_config=args.dataset_config, split=args.split,
         image_column=args.image_column, label_column=args.label_column, batch_size=args.batch_size,
@@ -119,11 +125,10 @@ def _evaluate(args: argparse.Namespace, evaluate_checkpoint: Any) -> dict[str, A
 
 def run_push(args: argparse.Namespace) -> int:
     """Push and report; a failure prints the retry command and returns 1."""
-    from sigreg_hf.experiments.hub import HubPushError, push_run_to_hub
-
     try:
         info = push_run_to_hub(args.run_dir, args.repo_id, private=args.private, token=args.token,
-                               revision=args.revision, commit_message=args.commit_message)  # fmt: skip
+                               revision=args.revision, commit_message=args.commit_message,
+                               overwrite_readme=args.overwrite_readme)  # fmt: skip
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -137,8 +142,6 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     """Print the table (and write it with the overlay plots when --output_dir is given)."""
-    from sigreg_hf.experiments.results import collect_results, experiment_summary
-
     runs, table = collect_results(args.run_dirs, args.output_dir)
     print(table)
     if args.output_dir:
@@ -157,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sigreg-hf`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from sigreg_hf.experiments.cli_train import main as train_main
-
-        record = train_main(argv[1:])
+        record = cli_train.main(argv[1:])
         return 0 if record is not None or "--list_recipes" in argv else 1
     parser = build_parser()
     if argv and argv[0] == "quickstart":
@@ -168,8 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough = [a for a in passthrough if a != "--"]
         if passthrough and not passthrough[0].startswith("--"):
             parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
-        from sigreg_hf.experiments.quickstart import run_quickstart
-
         run_quickstart(
             args.output_dir, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
             train_subset=args.train_subset, variants=args.variants, keep_checkpoints=args.keep_checkpoints,

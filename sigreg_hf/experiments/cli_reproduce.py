@@ -1,10 +1,11 @@
 """``scripts/reproduce.py``: run a set of recipes one after another and collect their results.
 
-Each recipe runs as its own ``scripts/train.py`` process (plain ``python``, ``accelerate launch`` or
+Each recipe runs as its own training process (``python -m sigreg_hf.experiments.cli_train``, the code behind
+``scripts/train.py`` and ``sigreg-hf train``; run with plain ``python``, ``accelerate launch`` or
 ``torchrun``) with ``--output_dir <output_root>/<recipe>`` plus any extra arguments given after ``--``.
 At the end (and after every run) the finished runs are put side by side with the seed's published
 numbers in ``<output_root>/results_table.md`` / ``.csv`` and overlay plots
-(:func:`sigreg_hf.experiments.results.collect_results`). ``--dry_run`` prints the commands and runs nothing.
+(:func:`sigreg_hf.experiments.collect.collect_results`). ``--dry_run`` prints the commands and runs nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sigreg_hf.experiments.collect import collect_results
 from sigreg_hf.experiments.recipes import list_recipes
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+#: The training entry point, run as a module so that a wheel install (no ``scripts/``) works too.
+TRAIN_MODULE = "sigreg_hf.experiments.cli_train"
 
 
 def select_recipes(patterns: Sequence[str] | None) -> list[str]:
@@ -47,7 +50,7 @@ def build_command(
     nproc: int = 1,
 ) -> list[str]:
     """The command line that trains ``recipe`` into ``output_dir``."""
-    script = [str(TRAIN_SCRIPT), "--recipe", recipe, "--output_dir", str(output_dir), *extra]
+    script = ["-m", TRAIN_MODULE, "--recipe", recipe, "--output_dir", str(output_dir), *extra]
     if launcher == "python":
         return [sys.executable, *script]
     if launcher == "accelerate":
@@ -121,7 +124,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _collect(run_dirs: list[Path], root: Path, *, plots: bool) -> str:
-    from sigreg_hf.experiments.results import collect_results
-
     _, markdown = collect_results(run_dirs, root, plots=plots)
     return markdown

@@ -4,7 +4,8 @@
 command-line arguments win. Works as a plain process, under ``accelerate launch`` and under
 ``torchrun`` (the Trainer picks up the distributed environment). At the end it prints one summary
 line, saves the final model and its image processor to ``output_dir`` (``from_pretrained``-loadable)
-and writes ``results.json`` there (see :func:`collect_results`).
+and writes the run folder (``results.json`` through :class:`~sigreg_hf.experiments.record.RunRecord`, plots,
+log CSV, ``recipe.yaml``; see :func:`run`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ViTImageProcessor, set_seed
+from transformers import AutoModelForImageClassification, HfArgumentParser, ViTImageProcessor, set_seed
 
+import sigreg_hf.models as models  # registers the sigreg-* model types with the Auto classes
 from sigreg_hf.config import SIGRegConfig
-from sigreg_hf.experiments.data import PreparedImageData, dominant_label_top1, prepare_image_classification_data
+from sigreg_hf.experiments.data import DatasetUnavailableError, PreparedImageData, prepare_image_classification_data
+from sigreg_hf.experiments.image_trainer import ImageClassificationTrainer
 from sigreg_hf.experiments.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.experiments.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
-from sigreg_hf.experiments.recipes import list_recipes, load_recipe, recipes_dir
+from sigreg_hf.experiments.recipes import RecipeError, list_recipes, load_recipe, recipes_dir
+from sigreg_hf.experiments.record import RunRecord
+from sigreg_hf.experiments.run_outputs import write_run_outputs
 from sigreg_hf.experiments.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
 from sigreg_hf.trainer import SIGRegTrainer
 
@@ -106,11 +111,7 @@ def build_image_processor(data: PreparedImageData) -> ViTImageProcessor:
 
 def build_model(model_args: ModelArguments, data: PreparedImageData) -> torch.nn.Module:
     """A registry model (random init) or ``init_from`` a saved folder, sized to the dataset's classes."""
-    import sigreg_hf.models as models  # registers the Auto classes
-
     if model_args.init_from:
-        from transformers import AutoModelForImageClassification
-
         return AutoModelForImageClassification.from_pretrained(model_args.init_from)
     overrides: dict[str, Any] = {}
     if model_args.model_overrides:
@@ -209,34 +210,7 @@ def optimizer_and_schedule(
     return {"optimizers": (optimizer, scheduler)}
 
 
-class ImageClassificationTrainer(SIGRegTrainer):
-    """:class:`SIGRegTrainer` that also logs training top-1 and says what it measures.
-
-    Without mixing it logs ``train_top1`` (percent, on the augmented training batches). With
-    CutMix/MixUp a batch has no single true label, so it logs ``train_top1_vs_dominant_label``: the share
-    of predictions equal to the largest-weight label of each mixed target.
-    """
-
-    def __init__(self, *args: Any, train_metric_name: str = "train_top1", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.train_metric_name = train_metric_name
-
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        labels = inputs.get("labels")
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        store = getattr(self, "_metrics", {}).get("train")
-        if model.training and labels is not None and store is not None:
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-            acc = dominant_label_top1(logits.detach(), labels) * 100.0
-            store[self.train_metric_name].append(self.accelerator.gather(acc.reshape(1)).mean().item())
-        return (loss, outputs) if return_outputs else loss
-
-
-def collect_results(
+def run_settings(
     trainer: SIGRegTrainer,
     *,
     args: SIGRegConfig,
@@ -249,7 +223,8 @@ def collect_results(
     train_seconds: float,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    """The ``results.json`` record: configuration facts, every evaluation, final/best top-1, speed."""
+    """What the training command line records beside the per-epoch table (the :class:`RunRecord`'s
+    ``settings``): configuration facts, every evaluation, final/best top-1 over evaluations, speed."""
     evals = [e for e in trainer.state.log_history if "eval_top1" in e]
     unique: dict[int, dict[str, Any]] = {}
     for e in evals:
@@ -331,10 +306,11 @@ def summary_line(results: dict[str, Any]) -> str:
     )
 
 
-def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
-    """Train and evaluate one configuration; return the results record (also written to results.json).
+def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] | None = None) -> RunRecord:
+    """Train and evaluate one configuration; return its record (also written to the run folder).
 
-    ``command`` is the reproduction command recorded in results.json and the model card.
+    ``command`` is the reproduction command recorded in results.json and the model card; ``labels`` are
+    set on the record before it is written (see :func:`build_record`).
     """
     args, model_args, data_args, optim_args, run_args = parsed
     start = time.time()
@@ -403,62 +379,64 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
             trainer.evaluate()
     if run_args.save_final_model:
         trainer.save_model(args.output_dir)
-    record = collect_results(
+    settings = run_settings(
         trainer, args=args, model_args=model_args, data_args=data_args, optim_args=optim_args, run_args=run_args,
         data=data, wall_seconds=time.time() - start, train_seconds=train_seconds, steps_per_epoch=steps_per_epoch,
     )
-    results = record
+    record = build_record(trainer, settings, run_args=run_args, command=command, labels=labels)
     if trainer.is_world_process_zero():
-        results = write_outputs(record, trainer=trainer, args=args, run_args=run_args, command=command)
-        print(summary_line(results), flush=True)
-    return results
+        write_run_outputs(record, args.output_dir, plots=run_args.write_plots, results_file=run_args.results_file)
+        print(summary_line(record.to_dict()), flush=True)
+    return record
 
 
-def write_outputs(
-    record: dict[str, Any],
-    *,
+def build_record(
     trainer: SIGRegTrainer,
-    args: SIGRegConfig,
+    settings: dict[str, Any],
+    *,
     run_args: RunArguments,
     command: str | None = None,
-) -> dict[str, Any]:
-    """Write results.json (+ log CSV, plots, recipe.yaml) through :func:`sigreg_hf.experiments.results.write_run_outputs`."""
-    from sigreg_hf.experiments.results import write_run_outputs
+    labels: dict[str, Any] | None = None,
+) -> RunRecord:
+    """The run's :class:`RunRecord`: the trainer's log history, the CLI's ``settings``, the recipe, ``labels``.
 
-    recipe_config = load_recipe(run_args.recipe) if run_args.recipe else None
-    return write_run_outputs(
-        args.output_dir,
-        log_history=trainer.state.log_history,
+    The recipe's published top-1 is kept only on data with as many classes as CIFAR-100 (the recipes' data).
+    ``labels`` (e.g. the quickstart's portable dataset name) are set last.
+    """
+    record = RunRecord.from_trainer(
+        trainer,
         recipe=run_args.recipe,
-        seed=args.seed,
-        epochs=record["epochs_completed"],
-        wall_seconds=record["wall_seconds"],
-        images_per_second=record["images_per_second"],
+        epochs=settings["epochs_completed"],
+        wall_seconds=settings["wall_seconds"],
+        images_per_second=settings["images_per_second"],
         published_top1=run_args.published_top1,
-        recipe_config=recipe_config,
+        recipe_config=load_recipe(run_args.recipe) if run_args.recipe else None,
         command=command or " ".join(["train.py", *sys.argv[1:]]),
-        record=record,
-        plots=run_args.write_plots,
-        results_file=run_args.results_file,
-        compare_published=record.get("num_classes") == PUBLISHED_NUM_CLASSES,
+        settings=settings,
+        compare_published=settings.get("num_classes") == PUBLISHED_NUM_CLASSES,
     )
+    return record.update(**labels) if labels else record
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Entry point of ``scripts/train.py``; returns the results record (None for ``--list_recipes``)."""
+def main(
+    argv: Sequence[str] | None = None, *, command: str | None = None, labels: dict[str, Any] | None = None
+) -> RunRecord | None:
+    """Entry point of ``scripts/train.py`` / ``sigreg-hf train``; returns the run's record (None for
+    ``--list_recipes``). ``command`` (the reproduction command) and ``labels`` go into the record."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parsed = parse_args(argv)
     if parsed is None:
         return None
-    return run(parsed, command=" ".join(["python scripts/train.py", *argv]))
+    return run(parsed, command=command or " ".join(["python scripts/train.py", *argv]), labels=labels)
 
 
 def cli() -> None:
     """Console entry: like :func:`main`, but configuration/data errors end the process with a clean message."""
-    from sigreg_hf.experiments.data import DatasetUnavailableError
-    from sigreg_hf.experiments.recipes import RecipeError
-
     try:
         main()
     except (DatasetUnavailableError, RecipeError) as err:
         raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    cli()

@@ -19,16 +19,27 @@ weak-SIGReg model that includes the three-way comparison.
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigreg_hf.experiments.results import RESULTS_FILE, collect_results, load_results, write_run_outputs
+import torch
+
+from sigreg_hf.experiments import cli_train
+from sigreg_hf.experiments.card import build_model_card, write_model_card
+from sigreg_hf.experiments.collect import collect_results
+from sigreg_hf.experiments.data.digits import (
+    DIGITS,
+    DIGITS_NAMES,
+    DIGITS_PRETTY_NAME,
+    DIGITS_TEST_FRACTION,
+    digits_dataset,
+)
+from sigreg_hf.experiments.recipes import load_recipe
 
 __all__ = [
     "DIGITS",
@@ -36,14 +47,9 @@ __all__ = [
     "VARIANTS",
     "QuickstartResult",
     "digits_dataset",
-    "ensure_run_outputs",
     "run_quickstart",
 ]
 
-#: Name that selects the built-in scikit-learn digits dataset.
-DIGITS = "digits"
-#: Dataset names that mean the scikit-learn digits (the second is what results.json records).
-DIGITS_NAMES = ("digits", "sklearn-digits")
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 #: (run name, recipe) in the order they are trained and shown.
 VARIANTS: tuple[tuple[str, str], ...] = (
@@ -54,7 +60,6 @@ VARIANTS: tuple[tuple[str, str], ...] = (
 #: Epochs on the digits: about 20-25 s per run on 2 idle CPU cores. By epoch 40 the runs have separated by a few
 #: points in two seeds (strong > weak > none in final and best top-1); the baseline's curve is the noisiest.
 DIGITS_EPOCHS = 40
-DIGITS_TEST_FRACTION = 0.5
 
 
 @dataclass
@@ -66,52 +71,6 @@ class QuickstartResult:
     table_markdown: str
     card_path: Path
     seconds: float
-
-
-def digits_dataset(
-    path: str | Path, *, test_fraction: float = DIGITS_TEST_FRACTION, seed: int = 0, train_subset: int | None = None
-) -> Path:
-    """Write scikit-learn's digits as a ``datasets.DatasetDict`` (``image``: 8x8 grey PNG, ``label``: ClassLabel).
-
-    The train/test split is stratified and seeded (``sklearn.model_selection.train_test_split``); pixel
-    values 0..16 are scaled to 0..255. ``train_subset`` keeps a stratified subset of the training split.
-    Returns ``path`` (reused when it already holds the same split).
-    """
-    import datasets
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    path = Path(path)
-    stamp = {"test_fraction": test_fraction, "seed": seed, "train_subset": train_subset}
-    stamp_file = path / "quickstart_split.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        return path
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=seed
-    )
-    if train_subset is not None and train_subset < len(idx_train):
-        idx_train, _ = train_test_split(
-            idx_train, train_size=train_subset, stratify=labels[idx_train], random_state=seed
-        )
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
-    )
-
-    def split(indices: np.ndarray) -> datasets.Dataset:
-        rows = {"image": [Image.fromarray(images[i], mode="L") for i in indices],
-                "label": [int(labels[i]) for i in indices]}  # fmt: skip
-        return datasets.Dataset.from_dict(rows, features=features)
-
-    if path.exists():
-        shutil.rmtree(path)
-    datasets.DatasetDict({"train": split(idx_train), "test": split(idx_test)}).save_to_disk(str(path))
-    stamp_file.write_text(json.dumps(stamp))
-    return path
 
 
 def _train_args(
@@ -133,52 +92,6 @@ def _train_args(
             "--dataloader_num_workers", "0", "--logging_strategy", "epoch", "--save_strategy", "no",
         ]  # fmt: skip
     return argv + list(extra)
-
-
-def _log_history_from_checkpoints(run_dir: Path) -> list[dict[str, Any]] | None:
-    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
-    if not states:
-        return None
-    return json.loads(states[-1].read_text())["log_history"]
-
-
-def ensure_run_outputs(run_dir: Path, record: dict[str, Any], recipe: str, command: str) -> dict[str, Any]:
-    """``results.json`` with the per-epoch table and plots (written here if the training CLI did not).
-
-    When the training CLI wrote only its own record, the log history is read from the run's last
-    ``checkpoint-*/trainer_state.json`` (train with ``--save_strategy epoch``) and :func:`write_run_outputs`
-    adds the per-epoch table, the CSV, the plots and ``recipe.yaml``, keeping the record's fields.
-    """
-    current = load_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else dict(record)
-    if "test_accuracy_final_epoch" in current and "per_epoch" in current:
-        if current.get("command") != command:  # an in-process call records the caller's sys.argv otherwise
-            current = {k: v for k, v in current.items() if k != "run_dir"}
-            current["command"] = command
-            with open(run_dir / RESULTS_FILE, "w", encoding="utf-8") as fh:
-                json.dump(current, fh, indent=2)
-                fh.write("\n")
-            current["run_dir"] = str(run_dir)
-        return current
-    log_history = _log_history_from_checkpoints(run_dir)
-    if log_history is None:
-        raise RuntimeError(
-            f"{run_dir}: the training run left neither a complete {RESULTS_FILE} nor a checkpoint with its log "
-            "history; cannot build the results table."
-        )
-    from sigreg_hf.experiments.recipes import load_recipe
-
-    return write_run_outputs(
-        run_dir,
-        log_history=log_history,
-        recipe=recipe,
-        seed=int(current.get("seed", 0)),
-        epochs=current.get("epochs_completed") or current.get("epochs"),
-        wall_seconds=current.get("wall_seconds"),
-        images_per_second=current.get("images_per_second"),
-        recipe_config=load_recipe(recipe),
-        record={k: v for k, v in current.items() if k != "run_dir"},
-        command=command,
-    )
 
 
 def run_quickstart(
@@ -207,8 +120,6 @@ def run_quickstart(
         keep_checkpoints: keep the intermediate ``checkpoint-*`` folders (digits runs).
         echo: where progress lines go (``print``).
     """
-    from sigreg_hf.experiments.hub import build_model_card
-
     start = time.time()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +144,6 @@ def run_quickstart(
                                keep_checkpoints, echo)  # fmt: skip
     finally:
         if threads is not None:
-            import torch
-
             torch.set_num_threads(threads)
     runs, table = collect_results([output_dir / name for name, _ in chosen], output_dir)
     card_run = next((name for name, _ in chosen if name == "weak"), chosen[0][0])
@@ -267,10 +176,6 @@ def _digits_threads() -> int | None:
     8x8 inputs make tiny matrix products: one thread is nearly as fast as two on an idle machine and far
     faster on a busy one, where spinning OpenMP workers slowed these runs down 5-10x in our measurements.
     """
-    import os
-
-    import torch
-
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     previous = torch.get_num_threads()
@@ -290,27 +195,27 @@ def _train_variants(
     keep_checkpoints: bool,
     echo: Any,
 ) -> list[dict[str, Any]]:
-    from sigreg_hf.experiments import cli_train
-    from sigreg_hf.experiments.hub import write_model_card
-
     runs: list[dict[str, Any]] = []
     for i, (name, recipe) in enumerate(chosen, start=1):
         run_dir = output_dir / name
         argv = _train_args(recipe, run_dir, dataset=dataset_arg, epochs=epochs, seed=seed, digits=digits, extra=extra)
         command = "python scripts/train.py " + " ".join(argv)
-        echo(f"[quickstart] ({i}/{len(chosen)}) {recipe}: SIGReg {name} -> {run_dir}")
-        record = cli_train.main(argv)
-        if record is None:  # only for --list_recipes
-            raise RuntimeError(f"the training CLI returned no results for {recipe}.")
-        results = ensure_run_outputs(run_dir, record, recipe, command)
+        labels = None
         if digits:
             split = {"test_fraction": DIGITS_TEST_FRACTION, "seed": seed, "train_subset": train_subset}
-            results = _relabel_digits(run_dir, results, command, split)
+            labels = _digits_labels(recipe, dataset_arg, split)
+            command = (f"sigreg-hf quickstart --seed {seed}" + (f" --epochs {epochs:g}" if epochs else "")
+                       + f"\n# this run alone:\n{command}")  # fmt: skip
+        echo(f"[quickstart] ({i}/{len(chosen)}) {recipe}: SIGReg {name} -> {run_dir}")
+        record = cli_train.main(argv, command=command, labels=labels)
+        if record is None:  # only for --list_recipes
+            raise RuntimeError(f"the training CLI returned no results for {recipe}.")
         if not keep_checkpoints and digits:
             for ckpt in run_dir.glob("checkpoint-*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
-        write_model_card(run_dir, repo_id=f"sigreg-quickstart-mlp-{name}", extra_limits=_limits(digits))
-        runs.append(results)
+        write_model_card(run_dir, repo_id=f"sigreg-quickstart-mlp-{name}", results=record,
+                         extra_limits=_limits(digits))  # fmt: skip
+        runs.append({**record.to_dict(), "run_dir": str(run_dir)})
     return runs
 
 
@@ -318,30 +223,18 @@ def _dataset_title(digits: bool, dataset: str) -> str:
     return "scikit-learn digits" if digits else dataset
 
 
-def _relabel_digits(run_dir: Path, results: dict[str, Any], command: str, split: dict[str, Any]) -> dict[str, Any]:
-    """Record the digits runs under a portable dataset name and the quickstart command that reproduces them.
-
-    ``sigreg_hf.experiments.hub.evaluate_checkpoint`` rebuilds the same split from ``digits_split``.
-    """
-    results = {k: v for k, v in results.items() if k != "run_dir"}
-    results["digits_split"] = split
-    # the recipes' published numbers are CIFAR-100 at 400 epochs: not a reference for the digits
-    results["published_top1_cifar100"] = results.get("published_top1")
-    results["published_top1"] = None
-    results["best_minus_published_top1"] = None
-    results["dataset_path"] = results.get("dataset")
-    results["dataset"] = "sklearn-digits"
-    results["dataset_pretty_name"] = "scikit-learn handwritten digits (load_digits, 8x8)"
-    epochs = results.get("epochs")
-    results["command"] = (
-        f"sigreg-hf quickstart --seed {results.get('seed', 0)}" + (f" --epochs {epochs:g}" if epochs else "")
-        + f"\n# this run alone:\n{command}"
-    )
-    with open(run_dir / RESULTS_FILE, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2)
-        fh.write("\n")
-    results["run_dir"] = str(run_dir)
-    return results
+def _digits_labels(recipe: str, dataset_path: str, split: dict[str, Any]) -> dict[str, Any]:
+    """How the digits runs are recorded: a portable dataset name and the split that
+    :func:`sigreg_hf.experiments.evaluate.evaluate_checkpoint` rebuilds; the recipes' published numbers are
+    CIFAR-100 at 400 epochs, no reference for the digits."""
+    return {
+        "dataset": "sklearn-digits",
+        "dataset_path": dataset_path,
+        "dataset_pretty_name": DIGITS_PRETTY_NAME,
+        "digits_split": split,
+        "published_top1": None,
+        "published_top1_cifar100": load_recipe(recipe).get("published_top1"),
+    }
 
 
 def _limits(digits: bool) -> str:
@@ -352,14 +245,3 @@ def _limits(digits: bool) -> str:
         "of the pipeline and of the three objectives, not evidence about CIFAR-100. The seed's published number "
         "in the table is CIFAR-100 at 400 epochs and is not comparable."
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sigreg_hf.experiments.quickstart`` (same options as ``sigreg-hf quickstart``)."""
-    from sigreg_hf.experiments.cli import main as cli_main
-
-    return cli_main(["quickstart", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -91,7 +91,8 @@ class DataArguments:
 
 @dataclass
 class OptimArguments:
-    """Optimiser and schedule (see ``sigreg_hf.experiments.optim``); lr/wd/betas/clipping come from the TrainingArguments."""
+    """Optimiser and schedule (see ``sigreg_hf.experiments.optim``); lr/wd/betas/clipping come from the
+    TrainingArguments."""
 
     optimizer: str = field(
         default="sgd", metadata={"help": "sgd | adamw | muon (Muon+AdamW).", "choices": list(OPTIMIZERS)}

@@ -1,8 +1,9 @@
 """Model cards, Hub push (intercepted at the huggingface_hub API boundary) and download-and-evaluate from the cache.
 
-No Hub is reachable here: pushes are caught at ``HfApi.create_repo`` / ``HfApi.create_commit`` (huggingface_hub
-talks httpx, which HTTP mocking libraries do not intercept), and downloads are replaced by a checkpoint laid
-into the Hub cache layout and read with ``HF_HUB_OFFLINE=1``.
+No Hub is reachable here: pushes are caught at ``HfApi.create_repo`` / ``HfApi.upload_folder`` (huggingface_hub
+talks httpx, which HTTP mocking libraries do not intercept; the mock applies the allow-list with
+huggingface_hub's own ``filter_repo_objects``, as ``upload_folder`` does), and downloads are replaced by a
+checkpoint laid into the Hub cache layout and read with ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
@@ -17,20 +18,17 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, metadata_load
+from huggingface_hub.utils import filter_repo_objects
 
 from sigreg_hf.experiments import cli_train
-from sigreg_hf.experiments.hub import (
-    HubPushError,
-    build_model_card,
-    evaluate_checkpoint,
-    hub_files,
-    push_run_to_hub,
-    trainer_push_to_hub,
-    write_model_card,
-)
-from sigreg_hf.experiments.quickstart import digits_dataset, ensure_run_outputs
+from sigreg_hf.experiments.card import CARD_MARKER, build_model_card, write_model_card
+from sigreg_hf.experiments.data.digits import digits_dataset
+from sigreg_hf.experiments.evaluate import evaluate_checkpoint
+from sigreg_hf.experiments.push import HubPushError, hub_files, push_run_to_hub, remote_code_files
+from sigreg_hf.experiments.record import RunRecord
+from sigreg_hf.experiments.run_outputs import write_run_outputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL_MLP = '{"hidden_size": 48, "num_hidden_layers": 2}'
 EXPECTED_NON_CODE = {
     "model.safetensors", "config.json", "preprocessor_config.json", "README.md", "loss_curves.png",
@@ -53,8 +51,7 @@ def trained_run(tmp_path_factory, digits_path) -> Path:
         "--hflip", "false", "--mean_std", "dataset", "--dataloader_num_workers", "0", "--save_strategy", "epoch",
         "--save_total_limit", "1", "--logging_strategy", "epoch", "--disable_tqdm", "true",
     ]  # fmt: skip
-    record = cli_train.main(argv)
-    ensure_run_outputs(out, record, "mlp_sgd_weak", "python scripts/train.py " + " ".join(argv))
+    cli_train.main(argv)
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     return out
@@ -62,7 +59,7 @@ def trained_run(tmp_path_factory, digits_path) -> Path:
 
 def _intercept_hub(monkeypatch, *, fail: Exception | None = None) -> dict:
     """Replace the two HfApi calls a push makes; record what would have been sent."""
-    sent: dict = {"create_repo": [], "commits": []}
+    sent: dict = {"create_repo": [], "commits": [], "allow_patterns": []}
 
     def create_repo(self, repo_id, *, private=False, exist_ok=False, repo_type=None, token=None, **kwargs):
         sent["create_repo"].append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok})
@@ -70,18 +67,20 @@ def _intercept_hub(monkeypatch, *, fail: Exception | None = None) -> dict:
 
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, commit_message=None,
+                      **kwargs):  # fmt: skip
         if fail is not None:
             raise fail
-        files = {}
-        for op in operations:
-            with open(op.path_or_fileobj, "rb") as fh:
-                files[op.path_in_repo] = fh.read()
+        folder = Path(folder_path)
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        kept = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        files = {name: (folder / name).read_bytes() for name in kept}
+        sent["allow_patterns"].append(list(allow_patterns or []))
         sent["commits"].append({"repo_id": repo_id, "files": files, "message": commit_message})
         return {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"}
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return sent
 
 
@@ -135,6 +134,8 @@ def test_push_sends_exactly_the_expected_files(tmp_path, trained_run, monkeypatc
     (run / "checkpoint-7").mkdir()
     (run / "checkpoint-7" / "optimizer.pt").write_bytes(b"x")
     (run / "_scratch.txt").write_text("x")
+    (run / "my_secrets.py").write_text("HF_TOKEN = 'hf_not_for_the_hub'\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     sent = _intercept_hub(monkeypatch)
     push_run_to_hub(run, "sigreg-org/mlp-weak", private=True)
     assert sent["create_repo"] == [{"repo_id": "sigreg-org/mlp-weak", "private": True, "exist_ok": True}]
@@ -142,28 +143,54 @@ def test_push_sends_exactly_the_expected_files(tmp_path, trained_run, monkeypatc
     files = sent["commits"][0]["files"]
     code = {name for name in files if name.endswith(".py")}
     assert set(files) == EXPECTED_NON_CODE | code
-    assert "configuration_sigreg.py" in code and {p.name for p in run.glob("*.py")} == code
+    assert "my_secrets.py" not in files and not any(b"hf_not_for_the_hub" in data for data in files.values())
+    # the model's own code: the auto_map modules and what they import relatively, nothing else
+    auto_map = json.loads((run / "config.json").read_text())["auto_map"]
+    named = {ref.rsplit(".", 1)[0] + ".py" for ref in auto_map.values()}
+    assert named <= code and "configuration_sigreg.py" in code and "modeling_common.py" in code
+    assert code == set(remote_code_files(run)) == {p.name for p in run.glob("*.py")} - {"my_secrets.py"}
+    assert sent["allow_patterns"] == [sorted(files)]  # an explicit list of names, no wildcard
     assert files["results.json"] == (run / "results.json").read_bytes()
     card = files["README.md"].decode()
-    assert "model-index" in card and 'from_pretrained("sigreg-org/mlp-weak")' in card
+    assert "model-index" in card and 'from_pretrained("sigreg-org/mlp-weak")' in card and CARD_MARKER in card
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing written locally
+
+
+def test_push_keeps_a_users_readme_unless_told_to_replace_it(tmp_path, trained_run, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    mine = "---\nlicense: mit\n---\n# My own notes on this model\n"
+    (run / "README.md").write_text(mine)
+    sent = _intercept_hub(monkeypatch)
+    push_run_to_hub(run, "sigreg-org/mlp-weak")
+    assert sent["commits"][-1]["files"]["README.md"].decode() == mine
+    push_run_to_hub(run, "sigreg-org/mlp-weak", overwrite_readme=True)
+    replaced = sent["commits"][-1]["files"]["README.md"].decode()
+    assert CARD_MARKER in replaced and "model-index" in replaced
+    assert (run / "README.md").read_text() == mine  # replaced on the Hub, not in the folder
+    # a card generated here is rebuilt for the target repository without being asked
+    write_model_card(run, repo_id="old/name")
+    push_run_to_hub(run, "sigreg-org/new-name")
+    assert 'from_pretrained("sigreg-org/new-name")' in sent["commits"][-1]["files"]["README.md"].decode()
 
 
 def test_failed_push_keeps_everything_and_says_how_to_retry(tmp_path, trained_run, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    before = sorted(p.name for p in run.iterdir())
+    (run / "README.md").unlink(missing_ok=True)  # the push has to build a card: it must not land in the folder
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     _intercept_hub(monkeypatch, fail=ConnectionError("Hub unreachable"))
     with pytest.raises(HubPushError) as info:
         push_run_to_hub(run, "sigreg-org/mlp-weak", private=True)
     message = str(info.value)
-    assert "Hub unreachable" in message and "Nothing was deleted" in message
-    assert f"python scripts/push_to_hub.py {run} --repo_id sigreg-org/mlp-weak --private" in message
-    assert sorted(p.name for p in run.iterdir()) == before
+    assert "Hub unreachable" in message and "Nothing was changed" in message
+    assert f"sigreg-hf push {run} --repo_id sigreg-org/mlp-weak --private" in message
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     from sigreg_hf.experiments.cli import main
 
     assert main(["push", str(run), "--repo_id", "sigreg-org/mlp-weak"]) == 1
     err = capsys.readouterr().err
-    assert "retry with" in err and "scripts/push_to_hub.py" in err
+    assert "retry with" in err and "sigreg-hf push" in err
 
 
 def test_incomplete_run_is_refused_before_any_upload(tmp_path, monkeypatch):
@@ -172,11 +199,11 @@ def test_incomplete_run_is_refused_before_any_upload(tmp_path, monkeypatch):
     sent = _intercept_hub(monkeypatch)
     with pytest.raises(ValueError, match="save_pretrained"):
         push_run_to_hub(tmp_path, "o/n")
-    assert sent == {"create_repo": [], "commits": []}
+    assert sent == {"create_repo": [], "commits": [], "allow_patterns": []}
 
 
-def test_trainer_push_path_sends_the_same_files(tmp_path, digits_path, monkeypatch):
-    """A SIGRegTrainer trained in-process, pushed through sigreg_hf.experiments.hub.trainer_push_to_hub."""
+def test_a_trainer_run_recorded_with_run_record_pushes_the_same_files(tmp_path, digits_path, monkeypatch):
+    """A SIGRegTrainer trained in-process: RunRecord.from_trainer + write_run_outputs + save_model, then pushed."""
     from sigreg_hf.config import SIGRegConfig
     from sigreg_hf.experiments.data import prepare_image_classification_data
     from sigreg_hf.experiments.metrics import build_compute_metrics
@@ -186,28 +213,28 @@ def test_trainer_push_path_sends_the_same_files(tmp_path, digits_path, monkeypat
     data = prepare_image_classification_data(str(digits_path), image_size=8, crop_padding=0, hflip=False,
                                               mean_std="dataset")  # fmt: skip
     model = create_model("mlp", num_classes=10, image_size=8, hidden_size=32, num_hidden_layers=2)
+    out = tmp_path / "trainer_run"
     args = SIGRegConfig(
-        output_dir=str(tmp_path / "trainer_run"), sigreg_mode="weak", sigreg_alpha=0.1, num_train_epochs=1,
+        output_dir=str(out), sigreg_mode="weak", sigreg_alpha=0.1, num_train_epochs=1,
         per_device_train_batch_size=128, learning_rate=0.1, eval_strategy="epoch", save_strategy="no",
         report_to="none", remove_unused_columns=False, use_cpu=True, disable_tqdm=True,
-        hub_model_id="sigreg-org/trainer-run", hub_private_repo=False,
     )  # fmt: skip
     trainer = SIGRegTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                             data_collator=data.collator, processing_class=cli_train.build_image_processor(data),
                             compute_metrics=build_compute_metrics())  # fmt: skip
     trainer.train()
+    trainer.save_model(str(out))
+    record = write_run_outputs(RunRecord.from_trainer(trainer, dataset_name="digits"), out)
+    assert record.run_name == "trainer_run" and record.sigreg_mode == "weak" and record.sigreg_alpha == 0.1
+    assert record.epochs == 1.0 and record.seed == args.seed
     sent = _intercept_hub(monkeypatch)
-    trainer_push_to_hub(trainer)
-    assert sent["create_repo"][0]["repo_id"] == "sigreg-org/trainer-run"
+    push_run_to_hub(out, "sigreg-org/trainer-run")
     files = set(sent["commits"][0]["files"])
     code = {name for name in files if name.endswith(".py")}
     assert files == (EXPECTED_NON_CODE - {"recipe.yaml"}) | code
-    results = json.loads((tmp_path / "trainer_run" / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     assert results["sigreg_mode"] == "weak" and len(results["test_top1_by_epoch"]) == 1
-    # the Trainer's own push path sends the same files
-    sent["commits"].clear()
-    trainer.push_to_hub()
-    assert set(sent["commits"][0]["files"]) == files
+    assert RunRecord.load(out) == record
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from sigreg_hf.models import create_model
 from sigreg_hf.experiments.optim import (
     OptimizerFactory,
     build_lr_scheduler,
@@ -18,6 +17,7 @@ from sigreg_hf.experiments.optim import (
     split_muon_parameters,
     updates_per_epoch,
 )
+from sigreg_hf.models import create_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

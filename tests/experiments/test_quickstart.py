@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
 from sigreg_hf.experiments.cli import main
-from sigreg_hf.experiments.quickstart import digits_dataset
+from sigreg_hf.experiments.data.digits import digits_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -53,6 +54,9 @@ def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path
         assert results["sigreg_mode"] == mode and results["dataset"] == "sklearn-digits"
         assert results["train_images"] == 300 and len(results["test_top1_by_epoch"]) == 2
         assert results["command"].startswith("sigreg-hf quickstart")
+        # labelled by the quickstart through the record (not rewritten): a portable name, no CIFAR-100 reference
+        assert results["published_top1"] is None and results["published_top1_cifar100"] is not None
+        assert Path(results["dataset_path"]).is_dir() and results["digits_split"]["seed"] == 0
         for name in ("model.safetensors", "config.json", "preprocessor_config.json", "loss_curves.png",
                      "accuracy_curves.png", "log_history.csv", "README.md"):  # fmt: skip
             assert (run / name).is_file(), (variant, name)
@@ -69,7 +73,7 @@ def test_quickstart_reduced_runs_three_ways_and_writes_table_plots_card(tmp_path
     # the checkpoint re-evaluates to its recorded accuracy on the same digits split, rebuilt from scikit-learn
     import huggingface_hub.constants
 
-    from sigreg_hf.experiments.hub import evaluate_checkpoint
+    from sigreg_hf.experiments.evaluate import evaluate_checkpoint
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf_home"))
     again = evaluate_checkpoint(str(out / "weak"))
@@ -90,8 +94,8 @@ def test_console_script_is_declared_and_answers_help():
 
     (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "sigreg-hf"]
     assert entry.value == "sigreg_hf.experiments.cli:main"
-    proc = subprocess.run([sys.executable, "-m", "sigreg_hf.experiments.cli", "quickstart", "--help"], capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "sigreg_hf.experiments.cli", "quickstart", "--help"],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and "--output_dir" in proc.stdout and "--dataset" in proc.stdout
 
 

@@ -1,7 +1,9 @@
-"""Run outputs: results.json fields, the log-history CSV, labelled plots, and the side-by-side collection."""
+"""Run outputs: the RunRecord (results.json fields), the log-history CSV, labelled plots, and the side-by-side
+collection."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import subprocess
@@ -12,19 +14,26 @@ import matplotlib.figure
 import pytest
 import yaml
 
-from sigreg_hf.experiments.results import (
-    collect_results,
+import sigreg_hf.experiments.plots as plots_module
+from sigreg_hf.experiments.collect import collect_results, experiment_summary, results_table_markdown
+from sigreg_hf.experiments.record import (
+    DERIVED_KEYS,
+    RunRecord,
     epoch_table,
-    experiment_summary,
     group_runs_by_setting,
     library_versions,
     load_results,
-    results_table_markdown,
-    write_run_outputs,
 )
+from sigreg_hf.experiments.run_outputs import write_run_outputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(output_dir: Path, *, plots: bool = True, record: dict | None = None, **kwargs) -> dict:
+    """A record from a log history, written as a run folder; returns its results.json view."""
+    run = RunRecord.from_log_history(run_name=Path(output_dir).name, settings=record, **kwargs)
+    return write_run_outputs(run, output_dir, plots=plots).to_dict()
 
 
 def fake_log_history(top1: list[float], *, sigreg: bool, steps_per_epoch: int = 4) -> list[dict]:
@@ -73,7 +82,7 @@ def test_write_run_outputs_final_and_best_are_labelled_and_files_exist(tmp_path,
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
     recipe = {"model_name": "mlp", "sigreg_mode": "weak", "sigreg_alpha": 0.1, "published_top1": 42.17}
-    results = write_run_outputs(
+    results = write_run(
         tmp_path / "run", log_history=fake_log_history([10.0, 30.0, 25.0], sigreg=True), recipe="mlp_sgd_weak",
         seed=3, epochs=3, recipe_config=recipe, dataset_name="uoft-cs/cifar100", train_images=50000,
         command="python scripts/train.py --recipe mlp_sgd_weak",
@@ -114,7 +123,7 @@ def test_write_run_outputs_final_and_best_are_labelled_and_files_exist(tmp_path,
 def test_per_epoch_eval_and_record_are_merged(tmp_path):
     log = fake_log_history([10.0, 20.0], sigreg=False)
     record = {"optimizer": "sgd", "best_top1": 1.0, "dataset": "cifar10", "train_images": 5000}
-    results = write_run_outputs(
+    results = write_run(
         tmp_path, log_history=log, recipe=None, seed=0, epochs=2, per_epoch_eval=[{"epoch": 2, "top1": 22.0}],
         wall_seconds=5.0, images_per_second=100.0, record=record, plots=False,
     )  # fmt: skip
@@ -130,19 +139,19 @@ def test_recipe_config_fills_names_and_published_number_only_when_compared(tmp_p
     recipe = {"model_name": "mlp", "dataset_name": "uoft-cs/cifar100", "published_top1": 42.17}
     log = fake_log_history([10.0, 20.0], sigreg=False)
     for compare in (True, False):
-        results = write_run_outputs(tmp_path / str(compare), log_history=log, recipe="mlp_sgd_none", seed=0, epochs=2,
+        results = write_run(tmp_path / str(compare), log_history=log, recipe="mlp_sgd_none", seed=0, epochs=2,
                                     recipe_config=recipe, compare_published=compare, plots=False)  # fmt: skip
         assert results["model_name"] == "mlp" and results["dataset"] == "uoft-cs/cifar100"
         assert results["published_top1"] == (42.17 if compare else None)
     # no recipe config and no comparison: nothing to fill in, nothing to fail on
-    results = write_run_outputs(tmp_path / "bare", log_history=log, recipe="x", seed=0, epochs=2,
+    results = write_run(tmp_path / "bare", log_history=log, recipe="x", seed=0, epochs=2,
                                 compare_published=False, plots=False)  # fmt: skip
     assert results["published_top1"] is None and results["model_name"] is None
 
 
 def test_run_without_evaluation_still_writes_results(tmp_path):
     log = [{"loss": 2.0, "epoch": 0.5, "step": 1}, {"train_runtime": 1.0, "train_samples_per_second": 10.0}]
-    results = write_run_outputs(tmp_path, log_history=log, recipe="x", seed=0, epochs=0.5)
+    results = write_run(tmp_path, log_history=log, recipe="x", seed=0, epochs=0.5)
     assert results["final_top1"] is None and results["best_top1"] is None and results["test_top1_by_epoch"] == []
     assert (tmp_path / "accuracy_curves.png").is_file()
 
@@ -152,7 +161,7 @@ def _three_runs(tmp_path: Path) -> list[Path]:
     for mode, curve, published in (("none", [10, 20, 18], 26.77), ("weak", [12, 25, 30], 42.17),
                                    ("strong", [11, 22, 24], 35.99)):  # fmt: skip
         log = fake_log_history([float(x) for x in curve], sigreg=mode != "none")
-        write_run_outputs(tmp_path / mode, log_history=log, recipe=f"mlp_sgd_{mode}", seed=0, epochs=3,
+        write_run(tmp_path / mode, log_history=log, recipe=f"mlp_sgd_{mode}", seed=0, epochs=3,
                           sigreg_mode=mode, sigreg_alpha={"none": None, "weak": 0.1, "strong": 0.01}[mode],
                           published_top1=published)  # fmt: skip
         dirs.append(tmp_path / mode)
@@ -225,7 +234,7 @@ def test_seeds_of_one_setting_are_grouped_and_summarised(tmp_path):
     dirs = []
     for name, mode, seed, curve in (("none", "none", 0, [10.0, 20.0, 18.0]), ("weak0", "weak", 0, [12.0, 25.0, 30.0]),
                                     ("weak1", "weak", 1, [14.0, 21.0, 26.0])):  # fmt: skip
-        write_run_outputs(tmp_path / name, log_history=fake_log_history(curve, sigreg=mode != "none"),
+        write_run(tmp_path / name, log_history=fake_log_history(curve, sigreg=mode != "none"),
                           recipe=f"mlp_sgd_{mode}", seed=seed, epochs=3, sigreg_mode=mode,
                           sigreg_alpha=0.1 if mode == "weak" else None)  # fmt: skip
         dirs.append(tmp_path / name)
@@ -246,17 +255,15 @@ def test_seeds_of_one_setting_are_grouped_and_summarised(tmp_path):
 
 def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
     """The accuracy overlay has a thin line per seed and one labelled mean line for a multi-seed setting."""
-    import sigreg_hf.experiments.results as results_module
-
     dirs = []
     for seed, curve in ((0, [12.0, 25.0, 20.0]), (1, [14.0, 21.0, 26.0])):
-        write_run_outputs(tmp_path / f"s{seed}", log_history=fake_log_history(curve, sigreg=True),
+        write_run(tmp_path / f"s{seed}", log_history=fake_log_history(curve, sigreg=True),
                           recipe="mlp_sgd_weak", seed=seed, epochs=3, sigreg_mode="weak", sigreg_alpha=0.1)  # fmt: skip
         dirs.append(tmp_path / f"s{seed}")
     figures = []
-    real_figure = results_module._figure
-    monkeypatch.setattr(results_module, "_figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
-    results_module.plot_overlay([load_results(d) for d in dirs], tmp_path / "out")
+    real_figure = plots_module._figure
+    monkeypatch.setattr(plots_module, "_figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
+    plots_module.plot_overlay([load_results(d) for d in dirs], tmp_path / "out")
     per_epoch, best_so_far = figures[0].axes
     for ax, mean in ((per_epoch, [13.0, 23.0, 23.0]), (best_so_far, [13.0, 23.0, 25.5])):
         lines = ax.get_lines()
@@ -267,3 +274,62 @@ def test_overlay_draws_each_seed_and_their_mean(tmp_path, monkeypatch):
     # best-so-far is the running maximum of each seed's curve
     seeds_best = sorted(list(line.get_ydata()) for line in best_so_far.get_lines()[:2])
     assert seeds_best == [[12.0, 25.0, 25.0], [14.0, 21.0, 26.0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# RunRecord: the one reader/writer of results.json
+# --------------------------------------------------------------------------------------------------
+def test_run_record_round_trips_through_results_json(tmp_path):
+    record = RunRecord.from_log_history(
+        fake_log_history([10.0, 30.0, 25.0], sigreg=True), run_name="r", recipe="mlp_sgd_weak", seed=2, epochs=3,
+        recipe_config={"model_name": "mlp", "sigreg_mode": "weak", "sigreg_alpha": 0.1, "published_top1": 42.17},
+        settings={"optimizer": "sgd", "evaluations": [{"epoch": 1.0, "top1": 10.0}], "best_top1": -1.0},
+    )  # fmt: skip
+    path = record.save(tmp_path)
+    loaded = RunRecord.load(tmp_path)
+    assert loaded == record  # every field, the settings and the per-epoch table survive
+    assert loaded.run_dir == tmp_path and path == tmp_path / "results.json"
+    assert json.loads(path.read_text()) == record.to_dict()
+    assert loaded.best_top1 == 30.0 and loaded.final_top1 == 25.0  # derived, never read back
+    assert "best_top1" not in loaded.settings and loaded.settings["optimizer"] == "sgd"
+    assert loaded.sigreg_mode == "weak" and loaded.sigreg_alpha == 0.1 and loaded.model_name == "mlp"
+
+
+def test_run_record_derives_accuracies_from_the_table_and_refuses_to_set_them():
+    record = RunRecord.from_log_history(fake_log_history([10.0, 30.0], sigreg=False), run_name="r")
+    record.per_epoch[0]["test_top1"] = 50.0  # edit the table: the summary follows
+    view = record.to_dict()
+    assert view["best_top1"] == 50.0 and view["best_epoch"] == 1 and view["test_top1_by_epoch"] == [50.0, 30.0]
+    record.update(dataset="sklearn-digits", digits_split={"seed": 0})
+    assert record.dataset == "sklearn-digits" and record.to_dict()["digits_split"] == {"seed": 0}
+    for key in ("best_top1", "final_top1", "losses"):
+        assert key in DERIVED_KEYS
+        with pytest.raises(ValueError, match="computed from the per-epoch table"):
+            record.update(**{key: 1.0})
+    with pytest.raises(ValueError, match="sigreg_mode must be one of"):
+        RunRecord(run_name="r", sigreg_mode="medium")
+
+
+def results_json_accesses(source: str) -> list[str]:
+    """``open(...)`` / ``.read_text()`` / ``.write_text()`` / ``json.load(s)`` calls that name results.json."""
+    names = ("RESULTS_FILE", "results_file", "results.json")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        is_open = isinstance(func, ast.Name) and func.id == "open"
+        is_path_io = isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text", "read_bytes")
+        target = node.args[0] if is_open and node.args else func.value if is_path_io else None
+        if target is not None and any(n in ast.unparse(target) for n in names):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_only_the_record_module_reads_or_writes_results_json():
+    """No module of the app but record.py opens results.json itself (RunRecord.load/save are the only way)."""
+    assert results_json_accesses('open(run_dir / RESULTS_FILE, "w")\n(d / "results.json").read_text()') != []
+    app = REPO / "sigreg_hf" / "experiments"
+    offenders = {path.relative_to(app).as_posix(): results_json_accesses(path.read_text())
+                 for path in app.rglob("*.py")}  # fmt: skip
+    assert {name: calls for name, calls in offenders.items() if calls and name != "record.py"} == {}

@@ -19,7 +19,7 @@ import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
 from sigreg_hf.experiments.cli_train import main, parse_args
 from sigreg_hf.experiments.recipes import PUBLISHED_TOP1, load_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # ../shared/data beside the clone
 
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
@@ -61,7 +61,8 @@ def test_list_recipes(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("recipe", sorted(PUBLISHED_TOP1))
 def test_every_recipe_trains_two_steps(recipe: str, synthetic_cifar100: Path, tmp_path: Path) -> None:
     out = tmp_path / recipe
-    results = main(["--recipe", recipe, "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out), *SMALL])
+    results = main(["--recipe", recipe, "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out),
+                    *SMALL]).to_dict()
     assert results["global_step"] == 2 and results["recipe"] == recipe
     assert results["final_top1"] is not None and 0.0 <= results["final_top1"] <= 100.0
     assert results["num_classes"] == 100 and results["train_images"] == 64
@@ -158,7 +159,7 @@ def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
          "--train_subset", "10000", "--max_eval_samples", "2000", "--num_train_epochs", "2",
          "--output_dir", str(tmp_path / "run"), "--dataloader_num_workers", "0", "--save_strategy", "no",
          "--disable_tqdm", "true", "--dataset_cache_dir", str(tmp_path / "hf_cache")]
-    )  # fmt: skip
+    ).to_dict()  # fmt: skip
     assert results["num_classes"] == 10 and results["train_images"] == 10000
     assert len(results["test_top1_by_epoch"]) == 2
     assert results["final_top1"] > 20.0, results["test_top1_by_epoch"]  # chance is 10%; seen: 26.5%
@@ -169,7 +170,7 @@ def test_reproduce_dry_run_prints_all_commands(capsys: pytest.CaptureFixture[str
 
     assert reproduce(["--dry_run", "--output_root", "out"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 27 and all("scripts/train.py --recipe" in line for line in lines)
+    assert len(lines) == 27 and all("-m sigreg_hf.experiments.cli_train --recipe" in line for line in lines)
     assert reproduce(["--dry_run", "--recipes", "vitpeak_*", "--launcher", "torchrun", "--nproc", "8",
                       "--", "--max_steps", "2"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
@@ -206,15 +207,15 @@ def test_schedule_counts_steps_like_the_trainer(synthetic_cifar100: Path, tmp_pa
     small[small.index("--max_steps") + 1] = "-1"
     results = main(["--recipe", "mlp_sgd_none", "--dataset_name", str(synthetic_cifar100), "--output_dir",
                     str(tmp_path / "o"), *small, "--num_train_epochs", "1", "--gradient_accumulation_steps", "3",
-                    "--save_final_model", "false"])  # fmt: skip
+                    "--save_final_model", "false"]).to_dict()  # fmt: skip
     assert results["steps_per_epoch"] == 6  # 16 batches of 4, accumulated by 3 -> 5 + 1
     assert results["global_step"] == 6 and len(results["test_top1_by_epoch"]) == 1
 
 
 def test_optimizer_and_schedule_under_ddp_and_sharded_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from sigreg_hf.experiments.cli_train import optimizer_and_schedule
-    from sigreg_hf.models import create_model
     from sigreg_hf.experiments.optim import OptimizerFactory
+    from sigreg_hf.models import create_model
 
     model = create_model("vit_peak", num_classes=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
     args, _, _, optim_args, _ = parse_args(["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path)])

@@ -2,8 +2,9 @@
 
 A recipe is a flat mapping of command-line field names (``SIGRegConfig`` / TrainingArguments fields and
 the fields of :mod:`sigreg_hf.experiments.train_args`) to values; ``scripts/train.py --recipe NAME`` uses them as
-defaults, and command-line arguments override them. Recipes live in ``recipes/`` at the repository root
-(override with the ``SIGREG_RECIPES_DIR`` environment variable); names follow
+defaults, and command-line arguments override them. Recipes ship inside this package as package data
+(found with :mod:`importlib.resources`, so a wheel install has them too; override the folder with the
+``SIGREG_RECIPES_DIR`` environment variable); names follow
 ``{resnet18|vit|vitpeak|mlp}_{sgd|adamw|muon}[_mix]_{none|weak|strong}``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,9 @@ class RecipeError(ValueError):
 
 
 def recipes_dir() -> Path:
-    """The recipe folder: ``$SIGREG_RECIPES_DIR`` or ``<repository root>/recipes``."""
+    """The recipe folder: ``$SIGREG_RECIPES_DIR`` or the YAML files shipped in this package."""
     env = os.environ.get("SIGREG_RECIPES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+    return Path(env) if env else Path(str(resources.files(__name__)))
 
 
 def list_recipes(directory: str | Path | None = None) -> list[str]:
