@@ -103,7 +103,13 @@ def remote_code_files(run_dir: str | Path) -> list[str]:
                 "such file: save the model with save_pretrained() so that its code is copied beside the weights."
             )
         files.add(module_file.name)
-        files.update(Path(f).name for f in get_relative_import_files(module_file) if Path(f).is_file())
+        try:
+            files.update(Path(f).name for f in get_relative_import_files(module_file))
+        except FileNotFoundError as err:
+            raise ValueError(
+                f"{module_file.name} (named by auto_map in {config_path}) imports {Path(err.filename).name}, which "
+                f"{run_dir} lacks: save the model with save_pretrained() so that all its code is copied."
+            ) from err
     return sorted(files)
 
 

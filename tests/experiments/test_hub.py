@@ -284,3 +284,36 @@ def test_offline_and_not_cached_fails_clearly(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "nobody/nothing" in proc.stderr
+
+
+def test_allow_list_for_text_and_adapter_folders_and_remote_code(tmp_path):
+    """A LoRA adapter with its tokenizer goes up whole; the only code is what config.json's auto_map needs."""
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "generation_config.json", "chat_template.jinja", "training_args.bin",
+                 "my_secrets.py", "optimizer.pt"):  # fmt: skip
+        (adapter / name).write_text("{}")
+    assert hub_files(adapter) == sorted(
+        ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json", "generation_config.json", "chat_template.jinja"]  # fmt: skip
+    )
+    model = tmp_path / "remote"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    (model / "config.json").write_text(json.dumps({"auto_map": {
+        "AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel",
+        "AutoTokenizer": ["other/repo--tokenization_y.YTokenizer", None]}}))  # fmt: skip
+    (model / "configuration_x.py").write_text("X = 1\n")
+    (model / "modeling_x.py").write_text("from .configuration_x import X\nfrom .layers_x import L\n")
+    (model / "layers_x.py").write_text("L = 2\n")
+    (model / "my_secrets.py").write_text("TOKEN = 'x'\n")
+    (model / "train.py").write_text("")
+    assert remote_code_files(model) == ["configuration_x.py", "layers_x.py", "modeling_x.py"]
+    assert [n for n in hub_files(model) if n.endswith(".py")] == ["configuration_x.py", "layers_x.py", "modeling_x.py"]
+    (model / "layers_x.py").unlink()  # the model's code is incomplete: refuse before any upload
+    with pytest.raises(ValueError, match="modeling_x.py .* imports layers_x.py"):
+        hub_files(model)
+    (model / "configuration_x.py").unlink()
+    with pytest.raises(ValueError, match="remote-code module configuration_x.py"):
+        hub_files(model)
