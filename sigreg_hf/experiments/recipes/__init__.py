@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from sigreg_hf.config import SIGRegConfig
+from sigreg_hf.experiments.train_args import CLI_DATACLASSES, field_names
+
 RECIPE_NAME_RE = re.compile(r"(resnet18|vit|vitpeak|mlp)_(sgd|adamw|muon)(_mix)?_(none|weak|strong)")
 
 #: Keys every recipe must set.
@@ -75,9 +78,6 @@ def list_recipes(directory: str | Path | None = None) -> list[str]:
 
 def allowed_keys() -> set[str]:
     """Every field a recipe may set (SIGRegConfig + the CLI dataclasses)."""
-    from sigreg_hf.config import SIGRegConfig
-    from sigreg_hf.experiments.train_args import CLI_DATACLASSES, field_names
-
     return field_names(SIGRegConfig, *CLI_DATACLASSES)
 
 
