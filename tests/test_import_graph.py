@@ -7,6 +7,8 @@ moved into a function to dodge a cycle still counts), over every ``.py`` file of
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,15 @@ def test_imports_of_reads_relative_and_function_level_imports(tmp_path, source, 
     path = tmp_path / "m.py"
     path.write_text(source)
     assert imports_of(module, path) == expected
+
+
+def test_importing_the_core_loads_no_app_module():
+    """At run time too (the root package's lazy attributes go through importlib, which ast cannot see)."""
+    code = (
+        "import sys, sigreg_hf\n"
+        "from sigreg_hf import SIGRegConfig, SIGRegTrainer, SIGRegulariser, SIGRegMonitorCallback\n"
+        "import sigreg_hf.models, sigreg_hf.reference\n"
+        "print(sorted(m for m in sys.modules if m.startswith('sigreg_hf.experiments')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert proc.stdout.strip() == "[]"
