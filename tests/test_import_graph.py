@@ -72,9 +72,17 @@ def import_graph() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
                 missing.add((module, name))
             elif target != module:
                 graph[module].add(target)
-    # importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first, but those are not edges of the
-    # importer's code; the root ``sigreg_hf/__init__`` is imported by everything and only imports lazily.
+                graph[module].update(entered_packages(module, target, modules))
     return graph, missing
+
+
+def entered_packages(importer: str, target: str, modules: dict[str, Path]) -> set[str]:
+    """The packages whose ``__init__`` runs first when ``importer`` imports ``target``: ``a.b`` for ``a.b.c``,
+    unless ``importer`` lives inside ``a.b`` (then ``a.b`` is already being imported). The root ``sigreg_hf``
+    is left out: every module is inside it."""
+    parts = target.split(".")
+    packages = {".".join(parts[:end]) for end in range(2, len(parts))}
+    return {p for p in packages if p in modules and p != importer and not importer.startswith(p + ".")}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -137,6 +145,12 @@ def test_core_never_imports_the_app():
     graph, _ = import_graph()
     edges = {(m, t) for m, targets in graph.items() if not is_app(m) for t in targets if is_app(t)}
     assert edges == set()
+
+
+def test_a_package_init_is_an_edge_for_importers_outside_the_package():
+    modules = dict.fromkeys(["sigreg_hf", "sigreg_hf.a", "sigreg_hf.a.b", "sigreg_hf.a.b.c", "sigreg_hf.x"], Path())
+    assert entered_packages("sigreg_hf.x", "sigreg_hf.a.b.c", modules) == {"sigreg_hf.a", "sigreg_hf.a.b"}
+    assert entered_packages("sigreg_hf.a.b.d", "sigreg_hf.a.b.c", modules) == set()
 
 
 def test_the_cycle_finder_finds_cycles():
