@@ -27,7 +27,6 @@ _MODE_STYLE = {"none": ("#444444", "baseline, no SIGReg"), "weak": ("#1f77b4", "
                "strong": ("#d62728", "strong SIGReg")}  # fmt: skip
 
 
-
 def MaxNLocator(**kwargs: Any) -> Any:  # noqa: N802 - matplotlib's name; imported lazily like the rest
     from matplotlib.ticker import MaxNLocator as _MaxNLocator
 
