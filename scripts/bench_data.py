@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sigreg_hf.data.bench import PipelineBench, markdown_table
-from sigreg_hf.data.synthetic import write_synthetic_cifar100
+from sigreg_hf.experiments.data.bench import PipelineBench, markdown_table
+from sigreg_hf.experiments.data.synthetic import write_synthetic_cifar100
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"

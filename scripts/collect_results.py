@@ -11,7 +11,7 @@ best-epoch test top-1, best top-5, the seed's published top-1 for the recipe and
 
 import sys
 
-from sigreg_hf.cli import main
+from sigreg_hf.experiments.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["collect", *sys.argv[1:]]))

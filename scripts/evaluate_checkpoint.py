@@ -12,7 +12,7 @@ to the dataset recorded in the checkpoint's results.json; ``--output_json`` writ
 
 import sys
 
-from sigreg_hf.cli import main
+from sigreg_hf.experiments.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["evaluate", *sys.argv[1:]]))

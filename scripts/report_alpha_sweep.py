@@ -25,7 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sigreg_hf.results import experiment_summary, load_results  # noqa: E402
+from sigreg_hf.experiments.collect import experiment_summary  # noqa: E402
+from sigreg_hf.experiments.record import load_results  # noqa: E402
 
 _STYLE = {
     ("weak", "gaussian"): ("#2ca02c", "o", "weak"),

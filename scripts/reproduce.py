@@ -14,7 +14,7 @@ per run and ``<output_root>/results_table.md`` side by side with the published n
 
 import sys
 
-from sigreg_hf.cli_reproduce import main
+from sigreg_hf.experiments.cli_reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ Examples::
 Recipe values are defaults; command-line arguments override them. See ``--help`` for every field.
 """
 
-from sigreg_hf.cli_train import cli
+from sigreg_hf.experiments.cli_train import cli
 
 if __name__ == "__main__":
     cli()

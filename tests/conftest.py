@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigreg_hf.data.synthetic import write_synthetic_cifar100
+from sigreg_hf.experiments.data.synthetic import write_synthetic_cifar100
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The real CIFAR-10 tarball, beside the clone (../shared/data), present on the project's machines and CI.

@@ -8,8 +8,8 @@ from torch import nn
 from transformers import HfArgumentParser
 
 from sigreg_hf import SIGRegConfig
+from sigreg_hf.experiments.record import group_runs_by_setting
 from sigreg_hf.losses import draw_sketch, sigreg_strong, sigreg_weak
-from sigreg_hf.results import group_runs_by_setting
 from sigreg_hf.taps import SIGRegulariser, step_generator
 
 
