@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sigreg_hf.losses import sigreg_strong, sigreg_weak
 from sigreg_hf.taps import SIGRegulariser
 
 # rows on (rank 0, rank 1): the global N decides, every rank alike
@@ -53,7 +54,16 @@ def main() -> None:
         start = sum(split[:rank])
         local = rows(split, index)[start : start + split[rank]]
         results.append({mode: run(model, mode, local, index, reg) for mode, reg in regularisers.items()})
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    # the functional losses: one row per rank is a valid global batch of 2; one row in all is refused on every rank
+    functional = {}
+    for split in ((1, 1), (1, 0)):
+        local = torch.randn(sum(split), FEATURES, generator=torch.Generator().manual_seed(3))[rank : rank + split[rank]]
+        for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong)):
+            try:
+                functional[(split, name)] = loss(local, generator=torch.Generator().manual_seed(4)).detach()
+            except ValueError as exc:
+                functional[(split, name)] = str(exc)
+    torch.save({"regulariser": results, "functional": functional}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

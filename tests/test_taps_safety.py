@@ -335,7 +335,7 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
     for index, split in enumerate(small_worker.SPLITS):
         x = small_worker.rows(split, index)
         for mode in ("weak", "strong"):
-            got = [r[index][mode] for r in ranks]
+            got = [r["regulariser"][index][mode] for r in ranks]
             if sum(split) < 2:
                 skipped[mode] += 1
                 for r in got:
@@ -354,3 +354,10 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
                 for p, g0, g1 in zip(model[0].parameters(), got[0]["grads"], got[1]["grads"], strict=True):
                     torch.testing.assert_close((g0 + g1) / 2, p.grad, rtol=1e-4, atol=1e-6)
             assert all(r["skipped"] == skipped[mode] for r in got)
+    # the functional losses use the global N under torch.distributed: a rank may hold a single row
+    pair = torch.randn(2, small_worker.FEATURES, generator=torch.Generator().manual_seed(3))
+    for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong)):
+        want = loss(pair, generator=torch.Generator().manual_seed(4))
+        for r in ranks:
+            torch.testing.assert_close(r["functional"][((1, 1), name)], want, rtol=1e-5, atol=1e-6)
+            assert "the global batch over all ranks has N = 1" in r["functional"][((1, 0), name)]
