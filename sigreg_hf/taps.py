@@ -517,7 +517,10 @@ class SIGRegulariser:
 
     @property
     def captured(self) -> dict[str, Tensor]:
-        """The raw outputs captured by the hooks during the last forward, by module name."""
+        """The outputs captured by the hooks in the current forward, by module name (``name[k]``: its call k + 1).
+
+        Emptied by :meth:`loss`, :meth:`clear` and the start of the model's next forward.
+        """
         return dict(self._captured)
 
     def clear(self) -> None:
@@ -590,8 +593,8 @@ class SIGRegulariser:
         if not selected:
             raise RuntimeError(
                 "SIGRegulariser captured no hidden states: run the model's forward inside "
-                "`with regulariser:` (or after attach()), and check that the tapped modules "
-                f"{self.layer_names} are used by forward."
+                "`with regulariser:` (or after attach()), call loss() once per forward (it uses the states "
+                f"up), and check that the tapped modules {self.layer_names} are used by forward."
             )
         mask = attention_mask if self.mask_padding else None
         if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 2):
@@ -647,13 +650,20 @@ class SIGRegulariser:
         torch.distributed, in the global batch of all ranks, so that every rank decides alike) contributes
         no regulariser: the result is a zero connected to the graph, :attr:`num_skipped_batches` counts it,
         and the first such batch logs a warning.
+
+        The captured states are used once: ``loss()`` forgets them (as does the start of the model's next
+        forward), so a loop of forward + ``loss()`` never mixes two forwards' states, even when the model's
+        ``forward`` is entered without its hooks (e.g. through a PEFT wrapper).
         """
         if self.mode == "none":
             raise ValueError("SIGRegulariser(mode='none') only captures; use mode='weak' or 'strong' for loss().")
         if step is None:
             step = self._calls
         self._calls += 1
-        pooled = self.pooled(outputs, attention_mask=attention_mask)
+        try:
+            pooled = self.pooled(outputs, attention_mask=attention_mask)
+        finally:
+            self.clear()
         first = next(iter(pooled.values()))
         counts = global_sample_counts(
             [x.shape[0] for x in pooled.values()], device=first.device, distributed=self.distributed

@@ -155,6 +155,11 @@ def test_a_module_called_several_times_is_regularised_on_every_call(mode):
     (got_grad,) = torch.autograd.grad(loss, model.block.weight, retain_graph=True)
     (want_grad,) = torch.autograd.grad(torch.stack(want).mean(), model.block.weight)
     torch.testing.assert_close(got_grad, want_grad)
+    with reg:  # forward entered without the model's hooks (as through a PEFT wrapper): loss() used the states up
+        for step in range(2):
+            model.forward(x)
+            reg.loss(step=step)
+            assert list(reg.layer_losses) == ["block", "block[1]", "block[2]"]
 
 
 # ------------------------------------------------------------------------------------------------
