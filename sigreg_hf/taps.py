@@ -14,7 +14,8 @@ Pieces (each public and small):
 * module selection: patterns are Python regexes matched with ``re.fullmatch`` against the names of
   ``named_modules()`` of the *unwrapped* model (DDP/DataParallel ``.module``, FSDP1
   ``_fsdp_wrapped_module``, activation-checkpoint wrappers and ``torch.compile``'s ``_orig_mod`` are
-  looked through); ``"auto"`` resolves to per-architecture presets (:func:`auto_taps`);
+  looked through); ``"auto"`` resolves to per-architecture presets (:func:`auto_taps`, the table
+  lives in :mod:`sigreg_hf.presets`);
 * pooling of a hidden state to ``[N, C]`` (:func:`pool_hidden_state`);
 * the sketch randomness: :func:`step_generator` seeds a CPU ``torch.Generator`` from
   ``(run seed, global step, layer index)``, so every rank draws the same matrices and a resumed run
@@ -327,6 +328,14 @@ class SIGRegulariser:
 
     Hooks are registered on ``__enter__`` (or :meth:`attach`) and removed on ``__exit__``
     (or :meth:`detach`), even when the block raises.
+
+    What is regularised is what each tapped module returned: a later in-place op (``ReLU(inplace=True)``)
+    does not change it (the output is copied where something writes into it, see :meth:`_as_returned`).
+    A module called several times in one forward is regularised on every call, as ``name``, ``name[1]``,
+    ...: with shared weights (ALBERT-style depth, several views through one encoder) each call is a hidden
+    state of its own, and keeping only one would silently drop the others; to regularise one call only,
+    tap a module that runs once (or override :meth:`select_hidden_states`). Under torch.distributed every
+    rank must capture the same states (the same modules, called as often).
     """
 
     def __init__(
