@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import distributed_small_batch_worker as small_worker
 import pytest
 import timm
 import torch
 import transformers as tf
-from sigreg_test_models import torchrun_ranks
+from sigreg_test_models import FAMILIES, image_data, losses, torchrun_ranks
 from timm.models.metaformer import GroupNorm1, MetaFormer
 from torch import nn
 
 from sigreg_hf.losses import sigreg_strong, sigreg_weak
 from sigreg_hf.taps import SIGRegulariser, step_generator
+from sigreg_hf.trainer import SIGRegTrainer
 
 
 def _output_of(module: nn.Module) -> list[torch.Tensor]:
@@ -316,6 +318,24 @@ def test_a_batch_of_one_contributes_no_regulariser_and_warns_once(mode, caplog):
     assert reg.num_skipped_batches == 2 and reg.layer_losses
     warnings = [r for r in caplog.records if "too small" in r.getMessage()]
     assert len(warnings) == 1 and "it needs N >= 2" in warnings[0].getMessage()
+
+
+def test_trainer_runs_through_last_batches_of_one(tmp_path):
+    """9 training rows in batches of 4 and 5 evaluation rows: the last batch of each has one sample."""
+    from sigreg_test_models import training_args
+
+    args = training_args(tmp_path, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4,
+                         per_device_eval_batch_size=4, sigreg_mode="strong", sigreg_alpha=0.1)  # fmt: skip
+    trainer = SIGRegTrainer(model=FAMILIES["mlp"].model(), args=args, train_dataset=image_data(9),
+                            eval_dataset=image_data(5, seed=1))  # fmt: skip
+    trainer.train()
+    history = trainer.state.log_history
+    total, task, reg = losses(history), losses(history, "task_loss"), losses(history, "sigreg_loss")
+    assert len(total) == 3 and reg[0] > 0 and reg[1] > 0 and reg[2] == 0.0
+    assert total[2] == pytest.approx(0.9 * task[2], rel=1e-6)  # the batch of one trained on its task loss
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert trainer.regulariser.num_skipped_batches == 2  # the last training batch and the last evaluation batch
 
 
 def test_flattened_tokens_of_a_single_sequence_are_enough():
