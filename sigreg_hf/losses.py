@@ -78,8 +78,8 @@ def _check_finite(loss: Tensor, global_count: Tensor | None = None) -> None:
     if torch.compiler.is_compiling():
         return
     if global_count is not None:
-        count, finite = torch.stack([global_count.reshape(()).to(loss.dtype), torch.isfinite(loss).to(loss.dtype)])
-        count, finite = count.item(), finite.item()
+        flags = torch.stack([global_count.reshape(()).to(loss.dtype), torch.isfinite(loss).to(loss.dtype)])
+        count, finite = flags.tolist()  # one host sync for both
         if count < 2:
             raise ValueError(
                 f"SIGReg needs at least N = 2 samples to estimate a distribution; the global batch over all "
