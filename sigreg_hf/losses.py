@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "SIGRegLoss",
     "draw_projection",
     "draw_sketch",
+    "global_sample_counts",
     "sigreg_strong",
     "sigreg_weak",
 ]
@@ -40,7 +42,8 @@ _CHUNK_ELEMENTS = 1 << 20
 # ----------------------------------------------------------------------------------------------
 # validation and shared helpers
 # ----------------------------------------------------------------------------------------------
-def _check_samples(x: Tensor) -> None:
+def _check_samples(x: Tensor, minimum: int = 2) -> None:
+    """Shape and dtype checks; ``minimum``: the least number of rows (0 for one rank's share of a global batch)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"SIGReg expects a torch.Tensor of shape [N, C]; got {type(x).__name__}.")
     if x.dim() != 2:
@@ -51,7 +54,7 @@ def _check_samples(x: Tensor) -> None:
         )
     if not x.is_floating_point():
         raise ValueError(f"SIGReg expects a floating-point tensor; got dtype {x.dtype}.")
-    if x.shape[0] < 2:
+    if x.shape[0] < minimum:
         raise ValueError(
             f"SIGReg needs at least N = 2 samples to estimate a distribution; got N = {x.shape[0]}. "
             "Use a larger batch or flatten tokens into samples."
@@ -65,12 +68,26 @@ def _check_positive_int(value: object, name: str, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
-def _check_finite(loss: Tensor) -> None:
-    """Raise on a non-finite statistic: NaN/Inf anywhere in x propagates into it, so one scalar suffices."""
+def _check_finite(loss: Tensor, global_count: Tensor | None = None) -> None:
+    """Raise on a non-finite statistic: NaN/Inf anywhere in x propagates into it, so one scalar suffices.
+
+    ``global_count`` (under torch.distributed: the all-reduced number of rows) is checked in the same host sync;
+    every rank holds the same value, so every rank raises together.
+    """
     # Data-dependent check: skipped while torch.compile traces (it would break the graph).
     if torch.compiler.is_compiling():
         return
-    if not bool(torch.isfinite(loss)):
+    if global_count is not None:
+        flags = torch.stack([global_count.reshape(()).to(loss.dtype), torch.isfinite(loss).to(loss.dtype)])
+        count, finite = flags.tolist()  # one host sync for both
+        if count < 2:
+            raise ValueError(
+                f"SIGReg needs at least N = 2 samples to estimate a distribution; the global batch over all "
+                f"ranks has N = {int(count)}. Use a larger batch (SIGRegulariser skips such batches itself)."
+            )
+    else:
+        finite = bool(torch.isfinite(loss))
+    if not finite:
         raise ValueError(
             "SIGReg got a non-finite value: x contains NaN or Inf (or values so large that the statistic "
             "overflows). Check the model's activations (e.g. a diverging learning rate) or the input batch."
@@ -120,6 +137,23 @@ class _AllReduceSum(torch.autograd.Function):
 
 def _all_reduce_sum(values: Tensor) -> Tensor:
     return _AllReduceSum.apply(values)
+
+
+def global_sample_counts(
+    counts: Sequence[int], *, device: torch.device | str | None = None, distributed: DistributedOption = "auto"
+) -> list[int]:
+    """Per-tensor sample counts summed over ranks: one small all-reduce under torch.distributed, else ``counts``.
+
+    Every rank must call it with the same number of counts (``device``: where the collective runs, the
+    data's device: a CUDA tensor for NCCL). The result is the same on every rank, so a decision taken from
+    it (e.g. skipping a batch too small for the statistic) keeps all ranks' collectives matched.
+    """
+    values = [int(c) for c in counts]
+    if not values or not _use_distributed(distributed):
+        return values
+    packed = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return [int(v) for v in packed.tolist()]
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -250,7 +284,7 @@ def _direct_harmonics(theta: Tensor, knots: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _rows_per_chunk(n: int, m: int, k: int) -> int:
-    return min(n, max(1, _CHUNK_ELEMENTS // max(1, m * k)))
+    return max(1, min(n, _CHUNK_ELEMENTS // max(1, m * k)))  # >= 1: a rank may hold no rows of a global batch
 
 
 def _characteristic_sums_forward(proj: Tensor, knots: Tensor, multiples: bool) -> Tensor:
@@ -364,7 +398,9 @@ def sigreg_strong(
     evenness of the integrand (8 of 17 knots), and keeps only ``[N, K]`` for the backward.
 
     Args:
-        x: ``[N, C]`` samples (any float dtype; statistics in float32, float64 for float64 input).
+        x: ``[N, C]`` samples (any float dtype; statistics in float32, float64 for float64 input),
+            N >= 2. Under torch.distributed N is the global batch (a rank may hold 0 or 1 rows); it is
+            then checked with the finiteness (``check_finite``), in the same host sync.
         num_slices: K, the number of random directions.
         num_points: trapezoid knots on ``[-t_max, t_max]`` (the seed's 17).
         t_max: integration half-width (the seed's 5.0).
@@ -379,12 +415,12 @@ def sigreg_strong(
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``.
     """
-    _check_samples(x)
+    use_dist = _use_distributed(distributed)
+    _check_samples(x, minimum=0 if use_dist else 2)
     _check_positive_int(num_slices, "num_slices")
     _check_positive_int(num_points, "num_points", minimum=2)
     if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or t_max <= 0:
         raise ValueError(f"t_max must be a positive finite number; got {t_max!r}.")
-    use_dist = _use_distributed(distributed)
     n, c = x.shape
     dtype = _statistics_dtype(x)
     with _no_autocast(x.device):
@@ -412,7 +448,7 @@ def sigreg_strong(
         per_slice = weighted_phi @ err * count  # [K]
         loss = per_slice.mean()
     if check_finite:
-        _check_finite(loss)
+        _check_finite(loss, count if use_dist else None)
     return loss
 
 
@@ -432,7 +468,9 @@ def sigreg_weak(
     """Weak SIGReg: ``||cov(x @ sketch.T) - I||_F``, the seed's ``sigreg_weak_loss``.
 
     Args:
-        x: ``[N, C]`` samples (any float dtype; statistics in float32, float64 for float64 input).
+        x: ``[N, C]`` samples (any float dtype; statistics in float32, float64 for float64 input),
+            N >= 2. Under torch.distributed N is the global batch (a rank may hold 0 or 1 rows); it is
+            then checked with the finiteness (``check_finite``), in the same host sync.
         sketch_dim: k. When C > k and no ``sketch`` is given, a ``[k, C]`` sketch is drawn
             (``randn(k, C) / sqrt(C)`` for ``sketch_type="gaussian"``, the seed's default); when
             C <= k, the covariance of x itself is used.
@@ -446,11 +484,11 @@ def sigreg_weak(
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``. The covariance uses ``N - 1`` (+1e-6, as the seed).
     """
-    _check_samples(x)
+    use_dist = _use_distributed(distributed)
+    _check_samples(x, minimum=0 if use_dist else 2)
     _check_positive_int(sketch_dim, "sketch_dim")
     if sketch_type not in ("gaussian", "orthonormal"):
         raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {sketch_type!r}.")
-    use_dist = _use_distributed(distributed)
     n, c = x.shape
     dtype = _statistics_dtype(x)
     with _no_autocast(x.device):
@@ -482,7 +520,7 @@ def sigreg_weak(
         eye = torch.eye(k, device=x.device, dtype=dtype)
         loss = torch.linalg.matrix_norm(cov - eye, ord="fro")
     if check_finite:
-        _check_finite(loss)
+        _check_finite(loss, torch.as_tensor(count, dtype=dtype, device=x.device) if use_dist else None)
     return loss
 
 

@@ -14,7 +14,8 @@ Pieces (each public and small):
 * module selection: patterns are Python regexes matched with ``re.fullmatch`` against the names of
   ``named_modules()`` of the *unwrapped* model (DDP/DataParallel ``.module``, FSDP1
   ``_fsdp_wrapped_module``, activation-checkpoint wrappers and ``torch.compile``'s ``_orig_mod`` are
-  looked through); ``"auto"`` resolves to per-architecture presets (:func:`auto_taps`);
+  looked through); ``"auto"`` resolves to per-architecture presets (:func:`auto_taps`, the table
+  lives in :mod:`sigreg_hf.presets`);
 * pooling of a hidden state to ``[N, C]`` (:func:`pool_hidden_state`);
 * the sketch randomness: :func:`step_generator` seeds a CPU ``torch.Generator`` from
   ``(run seed, global step, layer index)``, so every rank draws the same matrices and a resumed run
@@ -23,6 +24,7 @@ Pieces (each public and small):
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -30,16 +32,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sigreg_hf.losses import draw_sketch, sigreg_strong, sigreg_weak
+from sigreg_hf.losses import draw_sketch, global_sample_counts, sigreg_strong, sigreg_weak
+from sigreg_hf.presets import TapPreset, feature_layout, find_preset, preset_pooling
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SIGRegulariser",
+    "TapPreset",
     "auto_taps",
     "first_tensor",
     "pool_hidden_state",
     "resolve_taps",
     "sketch_seed",
     "step_generator",
+    "tap_preset",
     "unwrap_model",
 ]
 
@@ -49,18 +56,6 @@ MODES = ("none", "weak", "strong")
 
 # Name components inserted by wrappers; removed so that patterns see the user's model's own names.
 _WRAPPER_COMPONENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
-
-# Paper-style taps for transformers architectures, keyed by ``config.model_type``: (patterns, pooling).
-# Names checked with transformers 5.x (ViT blocks are ``vit.layers.N`` there, ``vit.encoder.layer.N`` in 4.x).
-_TRANSFORMERS_PRESETS: dict[str, tuple[list[str], str]] = {
-    # each residual block (BasicLayer / BottleNeckLayer), NCHW -> global average pool
-    "resnet": ([r"(?:resnet\.)?encoder\.stages\.\d+\.layers\.\d+"], "mean"),
-    # residual stream after each transformer block, mean over tokens (CLS included)
-    "vit": ([r"(?:vit\.)?(?:layers|encoder\.layer)\.\d+"], "mean"),
-    "bert": ([r"(?:bert\.)?encoder\.(?:layer|layers)\.\d+"], "mean"),
-    # causal LM: every token is a sample of the residual stream -> [B*L, D]
-    "gpt2": ([r"(?:transformer\.)?h\.\d+"], "flatten"),
-}
 
 _MASK64 = (1 << 64) - 1
 
@@ -179,111 +174,44 @@ def resolve_taps(model: nn.Module, patterns: list[str]) -> list[str]:
     return [name for name in names if any(p.fullmatch(name) for p in compiled)]
 
 
-def _is_timm_model(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("timm.")
+def tap_preset(model: nn.Module) -> TapPreset:
+    """The :class:`~sigreg_hf.presets.TapPreset` ``"auto"`` resolves to for ``model`` (wrappers looked through).
 
-
-def _timm_block_patterns(model: nn.Module, prefix: str) -> list[str] | None:
-    """Each block of a timm model: ``blocks.N`` (ViT-like), ``stages.N.blocks.M`` or ``layerK.N`` (ResNet)."""
-    p = re.escape(prefix + ".") if prefix else ""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
-        return [p + r"blocks\.\d+"]
-    stages = getattr(model, "stages", None)
-    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
-        if all(isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages):
-            return [p + r"stages\.\d+\.blocks\.\d+"]
-        return [p + r"stages\.\d+"]
-    if all(isinstance(getattr(model, f"layer{i}", None), nn.Sequential) for i in range(1, 5)):
-        return [p + r"layer[1-4]\.\d+"]
-    return None
-
-
-def _mlp_hidden_linears(model: nn.Module) -> list[str] | None:
-    """Every Linear except the last one, if all parameterised leaves are Linear layers (a plain MLP)."""
-    modules = named_modules_clean(model)
-    leaves = {name: m for name, m in modules.items() if not list(m.children())}
-    with_params = {name: m for name, m in leaves.items() if any(True for _ in m.parameters(recurse=False))}
-    if len(with_params) < 2 or not all(isinstance(m, nn.Linear) for m in with_params.values()):
-        return None
-    linears = list(with_params)
-    return [re.escape(name) for name in linears[:-1]]
-
-
-def _largest_block_list(model: nn.Module) -> list[str] | None:
-    """Generic fallback: the ModuleList/Sequential with the most same-class, non-leaf children."""
-    best: tuple[int, str] | None = None
-    for name, module in named_modules_clean(model).items():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
-            continue
-        children = list(module.children())
-        if len({type(c) for c in children}) != 1 or not list(children[0].children()):
-            continue
-        if best is None or len(children) > best[0]:
-            best = (len(children), name)
-    return None if best is None else [re.escape(best[1]) + r"\.\d+"]
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    """A transformers causal-LM head class (``*ForCausalLM`` / ``*LMHeadModel``): every token is a sample."""
-    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    Raises:
+        ValueError: no preset applies; the message lists the module names to choose from.
+    """
+    base = unwrap_model(model)
+    modules = named_modules_clean(base)
+    found = find_preset(base, modules)
+    if found is None:
+        raise ValueError(
+            f"sigreg_layers='auto' has no preset for {type(base).__name__}: pass module-name regexes "
+            "(sigreg_layers=[...]) or set the class attribute sigreg_tap_patterns. Available module names:\n  "
+            + _available_listing(list(modules))
+        )
+    return found
 
 
 def default_pooling(model: nn.Module) -> str:
     """The pooling ``"auto"`` means for ``model`` whichever layers are tapped: the class's
     ``sigreg_tap_pooling``, the architecture preset's, ``"flatten"`` for a causal LM, else ``"auto"`` (per shape).
     """
-    base = unwrap_model(model)
-    pooling = getattr(type(base), "sigreg_tap_pooling", None)
-    if pooling:
-        return str(pooling)
-    model_type = getattr(getattr(base, "config", None), "model_type", None)
-    if model_type in _TRANSFORMERS_PRESETS:
-        return _TRANSFORMERS_PRESETS[model_type][1]
-    return "flatten" if _is_causal_lm(base) else "auto"
+    return preset_pooling(unwrap_model(model)) or "auto"
 
 
 def auto_taps(model: nn.Module) -> tuple[list[str], str]:
-    """The paper-style taps of ``model``: ``(patterns, pooling)``.
+    """The paper-style taps of ``model``: ``(patterns, pooling)`` (see :func:`sigreg_hf.presets.find_preset`).
 
-    In order: the model class's ``sigreg_tap_patterns`` / ``sigreg_tap_pooling`` attributes; presets
-    for transformers ResNet (each residual block), ViT / BERT (each transformer block), GPT-2 (each
-    block, tokens flattened); a timm model (also inside ``TimmWrapperForImageClassification``: each of
-    its blocks); a plain MLP (each hidden Linear, i.e. pre-activations); otherwise the longest list
-    of identical blocks (e.g. Llama/Qwen/Mistral decoder layers), with tokens flattened for a causal LM
-    (``[B*L, D]``, so a few long sequences still give many samples) and mean-pooled otherwise.
+    Hierarchical backbones (transformers ConvNext/V2, Swin, RegNet, MobileNet V1/V2, EfficientNet,
+    PoolFormer; timm ConvNeXt, Swin, RegNet, MobileNetV3, EfficientNet, PoolFormer) get each stage's
+    output, mean-pooled; ResNet each residual block; ViT/BERT/GPT-2 and other stacks each block; a plain
+    MLP each hidden Linear (pre-activations).
 
     Raises:
         ValueError: no preset applies; the message lists the module names to choose from.
     """
-    base = unwrap_model(model)
-    patterns = getattr(type(base), "sigreg_tap_patterns", None)
-    if patterns:
-        return list(patterns), str(getattr(type(base), "sigreg_tap_pooling", "auto"))
-    model_type = getattr(getattr(base, "config", None), "model_type", None)
-    if model_type in _TRANSFORMERS_PRESETS:
-        found, pooling = _TRANSFORMERS_PRESETS[model_type]
-        return list(found), pooling
-    if _is_timm_model(base):
-        found = _timm_block_patterns(base, "")
-        if found:
-            return found, "auto"
-    for name, module in named_modules_clean(base).items():
-        if name.count(".") == 0 and _is_timm_model(module):  # e.g. TimmWrapper's ``timm_model``
-            found = _timm_block_patterns(module, name)
-            if found:
-                return found, "auto"
-    found = _mlp_hidden_linears(base)
-    if found:
-        return found, "none"
-    found = _largest_block_list(base)
-    if found:
-        return found, default_pooling(base)
-    raise ValueError(
-        f"sigreg_layers='auto' has no preset for {type(base).__name__}: pass module-name regexes "
-        "(sigreg_layers=[...]) or set the class attribute sigreg_tap_patterns. Available module names:\n  "
-        + _available_listing(list(named_modules_clean(base)))
-    )
+    found = tap_preset(model)
+    return list(found.patterns), found.pooling
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,6 +328,14 @@ class SIGRegulariser:
 
     Hooks are registered on ``__enter__`` (or :meth:`attach`) and removed on ``__exit__``
     (or :meth:`detach`), even when the block raises.
+
+    What is regularised is what each tapped module returned: a later in-place op (``ReLU(inplace=True)``)
+    does not change it (the output is copied where something writes into it, see :meth:`_as_returned`).
+    A module called several times in one forward is regularised on every call, as ``name``, ``name[1]``,
+    ...: with shared weights (ALBERT-style depth, several views through one encoder) each call is a hidden
+    state of its own, and keeping only one would silently drop the others; to regularise one call only,
+    tap a module that runs once (or override :meth:`select_hidden_states`). Under torch.distributed every
+    rank must capture the same states (the same modules, called as often).
     """
 
     def __init__(
@@ -489,6 +425,14 @@ class SIGRegulariser:
         self.layer_losses: dict[str, Tensor] = {}
         #: While False, attached hooks record nothing (e.g. during activation-checkpoint recomputation).
         self.enabled = True
+        #: Micro-batches too small for the statistic (global N < 2): they contributed no regulariser.
+        self.num_skipped_batches = 0
+        self._warned_small_batch = False
+        self._call_counts: dict[str, int] = {}
+        # in-place safety: (captured key, training) -> whether a later op wrote into the output in place
+        self._writes_in_place: dict[tuple[str, bool], bool] = {}
+        self._returned: dict[str, tuple[Tensor, int, tuple[str, bool]]] = {}  # key -> (output, its version, state)
+        self._feature_layout: str | None = None
 
     def _check_mask_applies(self, model: nn.Module) -> None:
         """An encoder-decoder's ``attention_mask`` is the encoder's: refuse to mask decoder states with it."""
@@ -509,8 +453,10 @@ class SIGRegulariser:
         if self._handles:
             return self
         self.enabled = True
-        self._captured.clear()
+        self.clear()
         modules = named_modules_clean(self.model)
+        # a forward of the whole model starts a new capture (a second forward replaces the first's states)
+        self._handles.append(unwrap_model(self.model).register_forward_pre_hook(self._start_forward))
         for name in self.layer_names:
             self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
         return self
@@ -520,7 +466,7 @@ class SIGRegulariser:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._captured.clear()
+        self.clear()
 
     @property
     def is_attached(self) -> bool:
@@ -532,24 +478,102 @@ class SIGRegulariser:
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
+    def _start_forward(self, module: nn.Module, args: Any) -> None:
+        if self.enabled:
+            self.clear()
+
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not self.enabled:
                 return
             tensor = first_tensor(output)
-            if tensor is not None:
-                self._captured[name] = tensor
+            if tensor is None:
+                return
+            # A module run several times in one forward (shared weights, several views) is regularised on
+            # every call: its second call is captured as "name[1]", and so on.
+            calls = self._call_counts.get(name, 0)
+            self._call_counts[name] = calls + 1
+            key = name if calls == 0 else f"{name}[{calls}]"
+            self._captured[key] = self._as_returned(key, tensor, module.training)
 
         return hook
 
+    def _as_returned(self, key: str, tensor: Tensor, training: bool) -> Tensor:
+        """``tensor`` as the module returned it, safe from later in-place ops (``ReLU(inplace=True)``).
+
+        A copy is taken the first time a module's output is seen in each train/eval mode, and the
+        output's version counter is checked in :meth:`loss`; modules whose output nothing writes into
+        afterwards are captured without a copy from then on (checked again at every step).
+        """
+        if torch.compiler.is_compiling() or tensor.is_inference():
+            return tensor.clone()  # no version counter to check while tracing or for inference tensors
+        state = (key, training)
+        self._returned[key] = (tensor, tensor._version, state)
+        return tensor if self._writes_in_place.get(state) is False else tensor.clone()
+
+    def _check_in_place(self) -> None:
+        """Compare the version counters of the captured outputs with those seen when they were returned."""
+        for key, (output, version, state) in self._returned.items():
+            written = output._version != version
+            if self._captured.get(key) is output and written:  # captured without a copy
+                raise RuntimeError(
+                    f"The output of tapped module {key!r} was modified in place after it was returned (e.g. by "
+                    "ReLU(inplace=True)), which earlier forwards in this mode did not do: SIGReg cannot see the "
+                    "value it returned. Make the later op out-of-place (inplace=False) or tap another module."
+                )
+            self._writes_in_place[state] = written
+        self._returned.clear()
+
     @property
     def captured(self) -> dict[str, Tensor]:
-        """The raw outputs captured by the hooks during the last forward, by module name."""
+        """The outputs captured by the hooks in the current forward, by module name (``name[k]``: its call k + 1).
+
+        Emptied by :meth:`loss`, :meth:`clear` and the start of the model's next forward.
+        """
         return dict(self._captured)
 
     def clear(self) -> None:
-        """Forget captured tensors (e.g. between two forwards inside one ``with`` block)."""
+        """Forget captured tensors (done at the start of each forward of the model while attached)."""
         self._captured.clear()
+        self._call_counts.clear()
+        self._returned.clear()
+
+    @property
+    def feature_layout(self) -> str:
+        """How 4-D hidden states are laid out: ``"NCHW"``, or ``"NHWC"`` in a channels-last timm model (Swin)."""
+        if self._feature_layout is None:
+            base = unwrap_model(self.model)
+            self._feature_layout = feature_layout(base, named_modules_clean(base))
+        return self._feature_layout
+
+    def describe(self) -> dict[str, Any]:
+        """What is regularised, for logs and run records (JSON-serialisable).
+
+        Keys: ``mode``, ``layers`` (the tapped module names), ``patterns``, ``taps_source`` (the ``"auto"``
+        preset that chose them, e.g. ``"transformers:convnext"``, or ``"sigreg_layers"`` for user patterns),
+        ``pooling``, ``feature_layout``, ``mask_padding``, ``sketch_dim``, ``sketch_type``, ``seed`` and, for
+        mode ``"strong"``, ``num_points`` and ``t_max``.
+        """
+        try:
+            preset = tap_preset(self.model)
+        except ValueError:
+            preset = None
+        source = preset.source if preset is not None and list(preset.patterns) == self.patterns else "sigreg_layers"
+        info: dict[str, Any] = {
+            "mode": self.mode,
+            "layers": list(self.layer_names),
+            "patterns": list(self.patterns),
+            "taps_source": source,
+            "pooling": self.pooling,
+            "feature_layout": self.feature_layout,
+            "mask_padding": self.mask_padding,
+            "sketch_dim": self.sketch_dim,
+            "sketch_type": self.sketch_type,
+            "seed": self.seed,
+        }
+        if self.mode == "strong":
+            info.update(num_points=self.num_points, t_max=self.t_max)
+        return info
 
     # -- loss -----------------------------------------------------------------------------------
     def select_hidden_states(self, captured: dict[str, Tensor], outputs: Any = None) -> dict[str, Tensor]:
@@ -573,12 +597,13 @@ class SIGRegulariser:
         With ``attention_mask`` (``[B, L]``) and :attr:`mask_padding`, token states ``[B, L, D]`` are
         pooled over their real tokens only; other shapes do not use it.
         """
+        self._check_in_place()
         selected = self.select_hidden_states(dict(self._captured), outputs)
         if not selected:
             raise RuntimeError(
                 "SIGRegulariser captured no hidden states: run the model's forward inside "
-                "`with regulariser:` (or after attach()), and check that the tapped modules "
-                f"{self.layer_names} are used by forward."
+                "`with regulariser:` (or after attach()), call loss() once per forward (it uses the states "
+                f"up), and check that the tapped modules {self.layer_names} are used by forward."
             )
         mask = attention_mask if self.mask_padding else None
         if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 2):
@@ -587,9 +612,10 @@ class SIGRegulariser:
                 f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}. "
                 "Pass the tokenizer's 2-D mask, or set mask_padding=False (sigreg_mask_padding=False)."
             )
+        channels_last = self.feature_layout == "NHWC"
         return {
             name: pool_hidden_state(
-                tensor,
+                tensor.permute(0, 3, 1, 2) if channels_last and tensor.dim() == 4 else tensor,
                 self.pooling,
                 token_mask=mask if tensor.dim() == 3 else None,
                 check_empty_rows=self.check_finite,  # both checks sync with the host; the trainer skips them
@@ -626,14 +652,33 @@ class SIGRegulariser:
             attention_mask: the batch's ``[B, L]`` padding mask; token states are pooled over real
                 tokens only (unless ``mask_padding=False``).
 
-        Per-layer values (with their graphs) are left in :attr:`layer_losses`.
+        Per-layer values (with their graphs) are left in :attr:`layer_losses`; a module called several
+        times in one forward counts once per call (``name``, ``name[1]``, ...).
+
+        A micro-batch too small for the statistic (fewer than 2 samples in a pooled state; under
+        torch.distributed, in the global batch of all ranks, so that every rank decides alike) contributes
+        no regulariser: the result is a zero connected to the graph, :attr:`num_skipped_batches` counts it,
+        and the first such batch logs a warning.
+
+        The captured states are used once: ``loss()`` forgets them (as does the start of the model's next
+        forward), so a loop of forward + ``loss()`` never mixes two forwards' states, even when the model's
+        ``forward`` is entered without its hooks (e.g. through a PEFT wrapper).
         """
         if self.mode == "none":
             raise ValueError("SIGRegulariser(mode='none') only captures; use mode='weak' or 'strong' for loss().")
         if step is None:
             step = self._calls
         self._calls += 1
-        pooled = self.pooled(outputs, attention_mask=attention_mask)
+        try:
+            pooled = self.pooled(outputs, attention_mask=attention_mask)
+        finally:
+            self.clear()
+        first = next(iter(pooled.values()))
+        counts = global_sample_counts(
+            [x.shape[0] for x in pooled.values()], device=first.device, distributed=self.distributed
+        )
+        if min(counts) < 2:
+            return self._skip(pooled, counts)
         losses = {
             name: self.layer_loss(x, step=step, layer_index=index) for index, (name, x) in enumerate(pooled.items())
         }
@@ -641,6 +686,24 @@ class SIGRegulariser:
         values = list(losses.values())
         device = values[0].device
         return torch.stack([v.to(device) for v in values]).mean()
+
+    def _skip(self, pooled: dict[str, Tensor], counts: list[int]) -> Tensor:
+        """A zero that keeps the pooled states in the graph (their gradients are zeros), counted and warned once."""
+        self.num_skipped_batches += 1
+        self.layer_losses = {}
+        if not self._warned_small_batch:
+            self._warned_small_batch = True
+            small = {name: n for name, n in zip(pooled, counts, strict=True) if n < 2}
+            logger.warning(
+                "SIGReg skipped a micro-batch too small for the statistic (samples per tapped state, over all "
+                "ranks: %s; it needs N >= 2): it contributes no regulariser. Such batches are counted in "
+                "num_skipped_batches; this warning is shown once.",
+                small,
+            )
+        first = next(iter(pooled.values()))
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        zeros = [x[:0].sum().to(device=first.device, dtype=dtype) for x in pooled.values()]
+        return torch.stack(zeros).sum()
 
     def __repr__(self) -> str:
         return (
