@@ -12,9 +12,13 @@ import logging
 import shutil
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["OutputDirectoryInUseError", "existing_checkpoints", "resolve_resume"]
+__all__ = ["OutputDirectoryInUseError", "existing_checkpoints", "latest_complete_checkpoint", "resolve_resume"]
+
+#: Written last into a checkpoint by the Trainer: a folder without it was cut off mid-save (e.g. kill -9).
+TRAINER_STATE_NAME = "trainer_state.json"
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,18 @@ def existing_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-*`` whose ``trainer_state.json`` (the Trainer's last write) exists and parses."""
+    for checkpoint in reversed(existing_checkpoints(output_dir)):
+        try:
+            TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+        except (OSError, ValueError) as err:
+            logger.warning("Skipping %s: incomplete checkpoint (%s), probably cut off while saving.", checkpoint, err)
+            continue
+        return checkpoint
+    return None
+
+
 def resolve_resume(
     output_dir: str | Path, resume_from_checkpoint: str | bool | None, *, overwrite_output_dir: bool = False
 ) -> str | None:
@@ -42,7 +58,8 @@ def resolve_resume(
     Args:
         output_dir: the run's output directory.
         resume_from_checkpoint: None/False (start fresh), ``"latest"`` (also ``"last"``, ``True``: the newest
-            ``checkpoint-*`` in ``output_dir``, or a fresh start when there is none), or a checkpoint path.
+            complete ``checkpoint-*`` in ``output_dir``, or a fresh start when there is none), or a checkpoint
+            path.
         overwrite_output_dir: start fresh even though ``output_dir`` holds checkpoints; they are deleted first
             (the user asked for it), so that rotation cannot mix old and new ones.
 
@@ -51,12 +68,17 @@ def resolve_resume(
         FileNotFoundError: an explicit checkpoint path does not exist.
     """
     if resume_from_checkpoint in LATEST:
-        last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        last = latest_complete_checkpoint(output_dir)
         if last is None:
+            if existing_checkpoints(output_dir):
+                raise OutputDirectoryInUseError(
+                    f"{output_dir} holds checkpoint folders but none is complete (no readable trainer_state.json): "
+                    "nothing to resume. Start over with --overwrite_output_dir true."
+                )
             logger.warning("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0.", output_dir)
-        else:
-            logger.warning("Resuming from %s.", last)
-        return last
+            return None
+        logger.warning("Resuming from %s.", last)
+        return str(last)
     if resume_from_checkpoint not in (None, False, "", "false", "False", "none", "None"):
         path = Path(str(resume_from_checkpoint))
         if not path.is_dir():

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["REDACTED", "is_secret_option", "redact_command", "redact_text", "without_secrets"]
+__all__ = ["REDACTED", "is_secret_option", "redact_command", "redact_command_line", "redact_text", "without_secrets"]
 
 REDACTED = "<redacted>"
 #: Option names whose value is a secret: ``--hub_token``, ``--api_key``, ``--wandb-password``, ...
@@ -46,6 +46,17 @@ def redact_command(argv: Sequence[str]) -> list[str]:
             continue
         out.append(redact_text(arg))
     return out
+
+
+_SECRET_OPTION_IN_TEXT = re.compile(
+    r"(--?(?:[\w-]*[_-])?(?:token|secret|password|passwd|api[_-]?key|access[_-]?key))(=|\s+)(\"[^\"]*\"|'[^']*'|\S+)",
+    re.I,
+)
+
+
+def redact_command_line(command: str) -> str:
+    """:func:`redact_command` for a command line held as one string (quoted values included)."""
+    return redact_text(_SECRET_OPTION_IN_TEXT.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", command))
 
 
 def without_secrets(state: dict[str, Any]) -> dict[str, Any]:

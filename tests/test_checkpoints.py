@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sigreg_hf.checkpoints import OutputDirectoryInUseError, existing_checkpoint
 def _checkpoints(root: Path, *steps: int) -> None:
     for step in steps:
         (root / f"checkpoint-{step}").mkdir(parents=True)
-        (root / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (root / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
 
 
 def test_fresh_start_in_a_folder_with_checkpoints_is_refused(tmp_path):
@@ -43,3 +44,18 @@ def test_explicit_path_and_overwrite(tmp_path):
     (tmp_path / "keep.txt").write_text("user file")
     assert resolve_resume(tmp_path, None, overwrite_output_dir=True) is None
     assert existing_checkpoints(tmp_path) == [] and (tmp_path / "keep.txt").exists()
+
+
+def test_latest_skips_a_checkpoint_cut_off_mid_save(tmp_path):
+    _checkpoints(tmp_path, 10, 20)
+    (tmp_path / "checkpoint-30").mkdir()  # kill -9 while saving: weights written, trainer_state.json not yet
+    (tmp_path / "checkpoint-30" / "model.safetensors").write_bytes(b"partial")
+    assert resolve_resume(tmp_path, "latest") == str(tmp_path / "checkpoint-20")
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text('{"global_st')  # truncated JSON
+    assert resolve_resume(tmp_path, "latest") == str(tmp_path / "checkpoint-10")
+
+
+def test_latest_with_only_incomplete_checkpoints_is_an_error(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir(parents=True)
+    with pytest.raises(OutputDirectoryInUseError, match="none is complete"):
+        resolve_resume(tmp_path, "latest")

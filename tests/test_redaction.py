@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from sigreg_hf.redaction import REDACTED, is_secret_option, redact_command, redact_text, without_secrets
+from sigreg_hf.redaction import (
+    REDACTED,
+    is_secret_option,
+    redact_command,
+    redact_command_line,
+    redact_text,
+    without_secrets,
+)
 
 TOKEN = "hf_" + "a1B2c3D4e5F6g7H8i9J0kLmNoPqRsTuV"
 
@@ -30,3 +37,12 @@ def test_pickled_state_drops_token_strings():
     state = {"hub_token": TOKEN, "hub_model_id": "org/m", "pad_token": None, "seed": 3}
     assert without_secrets(state) == {"hub_token": None, "hub_model_id": "org/m", "pad_token": None, "seed": 3}
     assert state["hub_token"] == TOKEN  # the live object keeps it
+
+
+def test_command_line_strings_are_redacted():
+    line = f"python scripts/train.py --hub_token {TOKEN} --API_KEY='a b' --wandb-password=pw --hub_model_id org/m"
+    assert redact_command_line(line) == (
+        f"python scripts/train.py --hub_token {REDACTED} --API_KEY={REDACTED} --wandb-password={REDACTED} "
+        "--hub_model_id org/m"
+    )
+    assert redact_command_line(f"train.py --note {TOKEN}") == f"train.py --note {REDACTED}"

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser, ViTImageProcessor, set_seed
 
 import sigreg_hf.models as models  # registers the sigreg-* model types with the Auto classes
+from sigreg_hf.checkpoints import resolve_resume
 from sigreg_hf.config import SIGRegConfig
 from sigreg_hf.experiments.data import DatasetUnavailableError, PreparedImageData, prepare_image_classification_data
 from sigreg_hf.experiments.data.clock import AugmentationEpochCallback
@@ -318,6 +319,13 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
     args, model_args, data_args, optim_args, run_args = parsed
     start = time.time()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # before anything is written: a folder with checkpoints is resumed or overwritten on request, never reused
+    with args.main_process_first(desc="output directory check"):
+        resume = resolve_resume(
+            args.output_dir,
+            args.resume_from_checkpoint,
+            overwrite_output_dir=run_args.overwrite_output_dir and args.process_index == 0,
+        )
     set_seed(args.seed)
     eval_split = None if data_args.eval_split.lower() in ("none", "") else data_args.eval_split
     if eval_split is None:
@@ -377,7 +385,7 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
         data.num_classes, steps_per_epoch, total_steps, horizon,
     )
     train_start = time.time()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - train_start
     if data.eval is not None and run_args.final_eval:
         last_eval_step = max((int(e["step"]) for e in trainer.state.log_history if "eval_top1" in e), default=-1)

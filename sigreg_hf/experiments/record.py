@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sigreg_hf.redaction import redact_command_line
+
 __all__ = [
     "ACCURACY_PLOT_FILE",
     "LOG_CSV_FILE",
@@ -249,6 +251,8 @@ class RunRecord:
     run_dir: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.command:  # never record a secret (the card copies the command, the push uploads both)
+            self.command = redact_command_line(self.command)
         if self.sigreg_mode not in SIGREG_MODES:
             raise ValueError(f"sigreg_mode must be one of {SIGREG_MODES}, got {self.sigreg_mode!r}.")
         if self.sigreg_mode == "none":

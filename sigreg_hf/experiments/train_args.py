@@ -152,6 +152,11 @@ class RunArguments:
 
     recipe: str | None = field(default=None, metadata={"help": "Recipe name (see --list_recipes) or YAML path."})
     list_recipes: bool = field(default=False, metadata={"help": "Print the recipe names and exit."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds checkpoints, deleting them (without it such a "
+                  "folder must be resumed: --resume_from_checkpoint latest)."},
+    )
     description: str | None = field(default=None, metadata={"help": "Recipe description (recorded)."})
     published_top1: float | None = field(default=None, metadata={"help": "The seed's published top-1 (recorded)."})
     notes: str | None = field(default=None, metadata={"help": "Recipe notes (recorded)."})
