@@ -28,6 +28,7 @@ from sigreg_hf.data import PreparedImageData, dominant_label_top1, prepare_image
 from sigreg_hf.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
 from sigreg_hf.recipes import list_recipes, load_recipe, recipes_dir
+from sigreg_hf.soft_targets import logits_of, soft_target_loss
 from sigreg_hf.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
 from sigreg_hf.trainer import SIGRegTrainer
 
@@ -224,15 +225,13 @@ class ImageClassificationTrainer(SIGRegTrainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        labels = inputs.get("labels")
+        labels = inputs.get("labels")  # read first: with compute_loss_func the Trainer pops them
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
-        store = getattr(self, "_metrics", {}).get("train")
-        if model.training and labels is not None and store is not None:
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-            acc = dominant_label_top1(logits.detach(), labels) * 100.0
-            store[self.train_metric_name].append(self.accelerator.gather(acc.reshape(1)).mean().item())
+        if model.training and labels is not None:
+            acc = dominant_label_top1(logits_of(outputs).detach(), labels) * 100.0
+            self.log_metric(self.train_metric_name, self.accelerator.gather(acc.reshape(1)).mean())
         return (loss, outputs) if return_outputs else loss
 
 
@@ -387,6 +386,7 @@ def run(parsed: ParsedArgs, command: str | None = None) -> dict[str, Any]:
         compute_metrics=build_compute_metrics() if data.eval is not None else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
+        compute_loss_func=soft_target_loss if data_args.mix else None,
         **trainer_kwargs,
     )
     logger.info(
