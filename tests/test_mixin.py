@@ -401,16 +401,14 @@ def _lm_loss(outputs, labels, num_items_in_batch=None):
 
 def test_sft_hooks_record_only_the_gradient_carrying_forward(tmp_path):
     """With a compute_loss_func SFTTrainer runs a second, no-grad forward for its metrics. With alpha = 1 the
-    task loss has weight 0: the weights move only if the regulariser was taken from the gradient-carrying one."""
-    model = _llama()
-    start = _params(model)
+    task loss has weight 0: the gradient is nonzero only if the regulariser was taken from the gradient-carrying
+    forward (recording the last forward gives grad_norm 0)."""
     args = SFTSIGRegConfig(output_dir=str(tmp_path), sigreg_mode="weak", sigreg_alpha=1.0, **SFT_COMMON)
-    trainer = SFTSIGRegTrainer(model=model, args=args, train_dataset=_sft_data(), processing_class=_tokenizer(),
+    trainer = SFTSIGRegTrainer(model=_llama(), args=args, train_dataset=_sft_data(), processing_class=_tokenizer(),
                                compute_loss_func=_lm_loss)  # fmt: skip
     trainer.train()
-    moved = [not torch.equal(a, b) for a, b in zip(start, _params(model), strict=True)]
-    assert sum(moved) > len(moved) // 2
-    assert all("mean_token_accuracy" in e for e in trainer.state.log_history if "loss" in e)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 3 and all(e["grad_norm"] > 1e-3 and "mean_token_accuracy" in e for e in logs), logs
 
 
 def test_hyperparameter_search_trains_each_trial_with_its_own_model_and_alpha(tmp_path):
