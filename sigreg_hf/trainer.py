@@ -171,8 +171,9 @@ class SIGRegMixin:
 
     def _task_loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """Whether the parent's loss is already scaled for accumulation (``Trainer.training_step``'s rule)."""
-        if self.loss_is_scaled_for_ga is not None:
-            return bool(self.loss_is_scaled_for_ga)
+        declared = getattr(self, "loss_is_scaled_for_ga", None)  # transformers >= 5.19
+        if declared is not None:
+            return bool(declared)
         return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
             self.compute_loss_func is not None
         )
@@ -339,10 +340,11 @@ class SIGRegMixin:
 
     # -- hook lifetime and batch-size warnings ------------------------------------------------------------
     @contextlib.contextmanager
-    def _hooks_attached(self) -> Iterator[None]:
+    def _hooks_attached(self, evaluation: bool = False) -> Iterator[None]:
         """Keep the regulariser's hooks registered for the duration (removed afterwards, even on error)."""
         regulariser = self.regulariser
-        if regulariser is None or regulariser.is_attached:
+        off_in_eval = evaluation and not (isinstance(self.args, SIGRegArguments) and self.args.sigreg_in_eval)
+        if regulariser is None or regulariser.is_attached or off_in_eval:
             yield
             return
         regulariser.attach()
@@ -383,7 +385,7 @@ class SIGRegMixin:
                 self.regulariser.detach()
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
-        with self._hooks_attached():
+        with self._hooks_attached(evaluation=True):
             try:
                 return super().predict(*args, **kwargs)
             finally:
@@ -392,12 +394,12 @@ class SIGRegMixin:
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        if self.args.sigreg_in_eval if isinstance(self.args, SIGRegArguments) else False:
+        if isinstance(self.args, SIGRegArguments) and self.args.sigreg_in_eval:
             self._warn_strong_batch_dependence(evaluation=True)
         self._sigreg_metrics["eval"].clear()
         self._sigreg_eval_prefix = metric_key_prefix
         try:
-            with self._hooks_attached():
+            with self._hooks_attached(evaluation=True):
                 return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._sigreg_eval_prefix = None

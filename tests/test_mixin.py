@@ -377,10 +377,14 @@ def test_sft_trainer_mode_none_keeps_sfts_loss_and_metrics(loss_type, tmp_path):
 @pytest.mark.parametrize(("mode", "loss_type"), [("weak", "nll"), ("strong", "dft")])
 def test_sft_trainer_with_sigreg_logs_the_regulariser_beside_sfts_metrics(mode, loss_type, tmp_path):
     args = SFTSIGRegConfig(output_dir=str(tmp_path), loss_type=loss_type, sigreg_mode=mode, sigreg_alpha=0.2,
-                           **SFT_COMMON)  # fmt: skip
-    trainer = SFTSIGRegTrainer(model=_llama(), args=args, train_dataset=_sft_data(), processing_class=_tokenizer())
+                           eval_strategy="steps", eval_steps=3, **SFT_COMMON)  # fmt: skip
+    trainer = SFTSIGRegTrainer(model=_llama(), args=args, train_dataset=_sft_data(), eval_dataset=_sft_data(8),
+                               processing_class=_tokenizer())  # fmt: skip
     assert trainer.regulariser.layer_names == ["model.layers.0", "model.layers.1"]
     trainer.train()
+    (evaluation,) = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert {"eval_sigreg_loss", "eval_mean_token_accuracy", "eval_entropy"} <= set(evaluation)
+    assert evaluation["eval_loss"] == pytest.approx(evaluation["eval_task_loss"], rel=1e-6)
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(logs) == 3
     for e in logs:
