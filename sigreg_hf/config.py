@@ -79,7 +79,7 @@ class SIGRegArguments:
     rule) or ``task + a * reg`` (``"additive"``), where ``a`` is ``sigreg_alpha`` (linearly warmed up over
     ``sigreg_warmup_steps`` optimiser steps) and ``reg`` is the mean over the tapped layers of the
     strong or weak SIGReg statistic of each layer's hidden state pooled to ``[N, C]``.
-    ``sigreg_mode="none"`` trains exactly like the plain ``Trainer`` (no hooks, no extra terms).
+    ``sigreg_mode="none"`` trains bit for bit like the parent trainer (no hooks, no extra terms).
     """
 
     sigreg_mode: str = field(

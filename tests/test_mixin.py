@@ -437,3 +437,18 @@ def test_hyperparameter_search_trains_each_trial_with_its_own_model_and_alpha(tm
     )  # fmt: skip
     assert len(alphas) == 2 and alphas[0] != alphas[1]
     assert best.hyperparameters["sigreg_alpha"] in alphas
+
+
+def test_eval_loss_does_not_depend_on_the_evaluation_batch_size_under_strong_sigreg(tmp_path):
+    """The old eval_loss mixed in strong SIGReg, which grows with N (2.59 at eval batch 16, 17.65 at 512)."""
+    fam = FAMILIES["vit"]
+    model = fam.model()
+    data = fam.data(32, seed=4)
+    metrics = {
+        batch: SIGRegTrainer(
+            model=model, args=training_args(tmp_path, sigreg_mode="strong", per_device_eval_batch_size=batch)
+        ).evaluate(data)
+        for batch in (4, 32)
+    }
+    assert metrics[4]["eval_loss"] == pytest.approx(metrics[32]["eval_loss"], rel=1e-5)
+    assert metrics[32]["eval_sigreg_loss"] > 2 * metrics[4]["eval_sigreg_loss"]
