@@ -14,10 +14,13 @@ from sigreg_hf.losses import SIGRegLoss, draw_projection, draw_sketch, sigreg_st
 __version__ = "0.1.0"
 
 _LAZY = {
+    "SIGRegArguments": "sigreg_hf.config",
     "SIGRegConfig": "sigreg_hf.config",
+    "SIGRegMixin": "sigreg_hf.trainer",
     "SIGRegTrainer": "sigreg_hf.trainer",
     "SIGRegulariser": "sigreg_hf.taps",
     "SIGRegMonitorCallback": "sigreg_hf.callbacks",
+    "soft_target_loss": "sigreg_hf.soft_targets",
 }
 
 __all__ = [

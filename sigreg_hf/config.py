@@ -1,4 +1,11 @@
-"""SIGRegConfig: ``transformers.TrainingArguments`` plus the SIGReg options.
+"""SIGReg options: :class:`SIGRegArguments` (the ``sigreg_*`` fields alone) and :class:`SIGRegConfig`.
+
+``SIGRegConfig`` is ``SIGRegArguments`` on ``transformers.TrainingArguments``; any other training-argument
+class combines the same way (TRL's ``SFTConfig``, ``Seq2SeqTrainingArguments``)::
+
+    @dataclass
+    class SFTSIGRegConfig(SIGRegArguments, SFTConfig):
+        pass
 
 Every ``sigreg_*`` field parses from the command line and from YAML/JSON through
 ``transformers.HfArgumentParser`` like any other training argument, e.g.::
@@ -6,6 +13,8 @@ Every ``sigreg_*`` field parses from the command line and from YAML/JSON through
     parser = HfArgumentParser(SIGRegConfig)
     (args,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--sigreg_mode", "weak",
                                                   "--sigreg_alpha", "0.1", "--sigreg_layers", "auto"])
+
+The options are validated here, once, in ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -15,12 +24,21 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["SIGRegConfig", "SIGREG_MODES", "SIGREG_POOLINGS", "SIGREG_SKETCH_TYPES", "SIGREG_WEIGHTINGS"]
+__all__ = [
+    "SIGREG_MODES",
+    "SIGREG_POOLINGS",
+    "SIGREG_SKETCH_TYPES",
+    "SIGREG_STRONG_NORMALIZATIONS",
+    "SIGREG_WEIGHTINGS",
+    "SIGRegArguments",
+    "SIGRegConfig",
+]
 
 SIGREG_MODES = ("none", "weak", "strong")
 SIGREG_WEIGHTINGS = ("convex", "additive")
 SIGREG_POOLINGS = ("auto", "mean", "cls", "flatten", "none")
 SIGREG_SKETCH_TYPES = ("gaussian", "orthonormal")
+SIGREG_STRONG_NORMALIZATIONS = ("seed", "per_sample")
 
 
 def normalise_layers(layers: object) -> list[str]:
@@ -53,14 +71,15 @@ def normalise_layers(layers: object) -> list[str]:
 
 
 @dataclass
-class SIGRegConfig(TrainingArguments):
-    """Training arguments for :class:`sigreg_hf.trainer.SIGRegTrainer`.
+class SIGRegArguments:
+    """The SIGReg options (``sigreg_*`` fields) of :class:`sigreg_hf.trainer.SIGRegMixin`, on their own.
 
+    Put it first among the bases of a training-argument dataclass: ``class C(SIGRegArguments, SFTConfig)``.
     The regularised objective is ``(1 - a) * task + a * reg`` (``sigreg_weighting="convex"``, the seed's
     rule) or ``task + a * reg`` (``"additive"``), where ``a`` is ``sigreg_alpha`` (linearly warmed up over
     ``sigreg_warmup_steps`` optimiser steps) and ``reg`` is the mean over the tapped layers of the
     strong or weak SIGReg statistic of each layer's hidden state pooled to ``[N, C]``.
-    ``sigreg_mode="none"`` trains exactly like the plain ``Trainer`` (no hooks, no extra terms).
+    ``sigreg_mode="none"`` trains bit for bit like the parent trainer (no hooks, no extra terms).
     """
 
     sigreg_mode: str = field(
@@ -128,9 +147,27 @@ class SIGRegConfig(TrainingArguments):
     sigreg_log_per_layer: bool = field(
         default=False, metadata={"help": "Also log sigreg_loss/<layer> for every tapped layer."}
     )
+    sigreg_in_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the regulariser in evaluation too (logged as eval_sigreg_loss; eval_loss is always "
+            "the task loss). False: evaluation is the parent trainer's alone."
+        },
+    )
+    sigreg_strong_normalization: str = field(
+        default="seed",
+        metadata={
+            "help": "Strong statistic: 'seed' (N times the integral, the seed's definition: its size grows with "
+            "the number N of samples per statistic, i.e. with the micro-batch, the number of processes and the "
+            "evaluation batch) or 'per_sample' (the integral alone: a strength independent of N).",
+            "choices": list(SIGREG_STRONG_NORMALIZATIONS),
+        },
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # TrainingArguments (or SFTConfig, ...) next in the MRO
+            parent()
         validate_sigreg_options(
             mode=self.sigreg_mode,
             alpha=self.sigreg_alpha,
@@ -141,8 +178,20 @@ class SIGRegConfig(TrainingArguments):
             num_points=self.sigreg_num_points,
             t_max=self.sigreg_t_max,
             warmup_steps=self.sigreg_warmup_steps,
+            strong_normalization=self.sigreg_strong_normalization,
         )
+        for name in ("sigreg_mask_padding", "sigreg_log_per_layer", "sigreg_in_eval"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         self.sigreg_layers = normalise_layers(self.sigreg_layers)
+
+
+@dataclass
+class SIGRegConfig(SIGRegArguments, TrainingArguments):
+    """``transformers.TrainingArguments`` plus the SIGReg options, for :class:`sigreg_hf.trainer.SIGRegTrainer`.
+
+    See :class:`SIGRegArguments` for the objective and the options.
+    """
 
 
 def validate_sigreg_options(
@@ -156,6 +205,7 @@ def validate_sigreg_options(
     sketch_type: str = "gaussian",
     t_max: float,
     warmup_steps: int,
+    strong_normalization: str = "seed",
 ) -> None:
     """Raise a ValueError naming the bad option and its allowed values."""
     if mode not in SIGREG_MODES:
@@ -166,6 +216,10 @@ def validate_sigreg_options(
         raise ValueError(f"sigreg_pooling must be one of {SIGREG_POOLINGS}; got {pooling!r}.")
     if sketch_type not in SIGREG_SKETCH_TYPES:
         raise ValueError(f"sigreg_sketch_type must be one of {SIGREG_SKETCH_TYPES}; got {sketch_type!r}.")
+    if strong_normalization not in SIGREG_STRONG_NORMALIZATIONS:
+        raise ValueError(
+            f"sigreg_strong_normalization must be one of {SIGREG_STRONG_NORMALIZATIONS}; got {strong_normalization!r}."
+        )
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ValueError(f"sigreg_alpha must be a finite number; got {alpha!r}.")
     if weighting == "convex" and not 0.0 <= alpha <= 1.0:

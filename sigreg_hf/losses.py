@@ -388,6 +388,7 @@ def sigreg_strong(
     generator: torch.Generator | None = None,
     distributed: DistributedOption = "auto",
     check_finite: bool = True,
+    normalization: Literal["seed", "per_sample"] = "seed",
 ) -> Tensor:
     """Strong SIGReg: the sliced Epps-Pulley statistic of ``x`` against N(0, I).
 
@@ -411,12 +412,17 @@ def sigreg_strong(
             initialised), True (require one) or False (local batch only).
         check_finite: raise a ValueError when the statistic is not finite (NaN/Inf in x); one
             scalar device sync per call.
+        normalization: ``"seed"`` (N times the integral, the seed's statistic: its expected value under a
+            non-Gaussian law grows with N) or ``"per_sample"`` (the integral alone, i.e. divided by the
+            global N: a strength independent of the batch size).
 
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``.
     """
     use_dist = _use_distributed(distributed)
     _check_samples(x, minimum=0 if use_dist else 2)
+    if normalization not in ("seed", "per_sample"):
+        raise ValueError(f"normalization must be 'seed' or 'per_sample'; got {normalization!r}.")
     _check_positive_int(num_slices, "num_slices")
     _check_positive_int(num_points, "num_points", minimum=2)
     if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or t_max <= 0:
@@ -445,7 +451,9 @@ def sigreg_strong(
             sums, count = packed[:-1].view_as(sums), packed[-1:]
         cos_mean, sin_mean = sums[0] / count, sums[1] / count  # [m, K]
         err = (cos_mean - phi.unsqueeze(1)).square() + sin_mean.square()
-        per_slice = weighted_phi @ err * count  # [K]
+        per_slice = weighted_phi @ err  # [K]
+        if normalization == "seed":
+            per_slice = per_slice * count
         loss = per_slice.mean()
     if check_finite:
         _check_finite(loss, count if use_dist else None)
@@ -527,7 +535,7 @@ def sigreg_weak(
 # ----------------------------------------------------------------------------------------------
 # module twin
 # ----------------------------------------------------------------------------------------------
-_STRONG_OPTIONS = ("num_slices", "num_points", "t_max")
+_STRONG_OPTIONS = ("num_slices", "num_points", "t_max", "normalization")
 _WEAK_OPTIONS = ("sketch_dim", "sketch_type")
 
 
@@ -552,6 +560,7 @@ class SIGRegLoss(nn.Module):
         t_max: float | None = None,
         sketch_dim: int | None = None,
         sketch_type: SketchType | None = None,
+        normalization: Literal["seed", "per_sample"] | None = None,
         distributed: DistributedOption = "auto",
         check_finite: bool = True,
     ) -> None:
@@ -564,6 +573,7 @@ class SIGRegLoss(nn.Module):
             "t_max": t_max,
             "sketch_dim": sketch_dim,
             "sketch_type": sketch_type,
+            "normalization": normalization,
         }
         allowed = _STRONG_OPTIONS if mode == "strong" else _WEAK_OPTIONS
         foreign = [name for name, value in given.items() if value is not None and name not in allowed]

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from sigreg_hf.config import normalise_layers as _normalise_layers
 from sigreg_hf.losses import draw_sketch, global_sample_counts, sigreg_strong, sigreg_weak
 from sigreg_hf.presets import TapPreset, feature_layout, find_preset, preset_pooling
 
@@ -299,19 +300,12 @@ def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str, check_empty_r
 # ----------------------------------------------------------------------------------------------
 # the regulariser
 # ----------------------------------------------------------------------------------------------
-_OPTION_NAMES = (
-    "mode", "layers", "pooling", "mask_padding", "sketch_dim", "sketch_type", "num_points", "t_max", "seed"
-)
-
-
 class SIGRegulariser:
     """Forward hooks on named modules + the SIGReg loss of what they captured.
 
     Args:
         model: the model (possibly wrapped by DDP/FSDP/``torch.compile``; hooks go on the unwrapped
             modules, which also fire under the wrappers).
-        config: a :class:`sigreg_hf.config.SIGRegConfig` (or anything with ``sigreg_*`` attributes and
-            ``seed``); keyword options override it.
         mode: ``"weak"``, ``"strong"`` or ``"none"`` (capture only; :meth:`loss` then raises).
         layers: ``"auto"`` or a list of regexes (``re.fullmatch`` on ``named_modules()`` names).
         pooling: ``"auto"`` (per shape, or the preset's choice), ``"mean"``, ``"cls"``, ``"flatten"``
@@ -322,10 +316,13 @@ class SIGRegulariser:
         sketch_type: ``"gaussian"`` (the seed's matrices) or ``"orthonormal"`` (weak: orthonormal sketch rows,
             unbiased; strong: mutually orthogonal slice directions, needs ``sketch_dim <= C``).
         num_points, t_max: the strong statistic's quadrature.
+        strong_normalization: ``"seed"`` (N times the integral) or ``"per_sample"`` (the integral alone); see
+            :func:`sigreg_hf.losses.sigreg_strong`.
         seed: run seed of the sketch generator (with the step and the layer index).
         distributed: passed to the losses (``"auto"``: global-batch statistic under torch.distributed).
         check_finite: raise on NaN/Inf hidden states.
 
+    :meth:`from_args` builds one from a :class:`sigreg_hf.config.SIGRegArguments` (and its ``seed``).
     Hooks are registered on ``__enter__`` (or :meth:`attach`) and removed on ``__exit__``
     (or :meth:`detach`), even when the block raises.
 
@@ -341,81 +338,53 @@ class SIGRegulariser:
     def __init__(
         self,
         model: nn.Module,
-        config: Any = None,
         *,
-        mode: str | None = None,
-        layers: str | list[str] | None = None,
-        pooling: str | None = None,
-        mask_padding: bool | None = None,
-        sketch_dim: int | None = None,
-        sketch_type: str | None = None,
-        num_points: int | None = None,
-        t_max: float | None = None,
-        seed: int | None = None,
+        mode: str = "weak",
+        layers: str | list[str] = "auto",
+        pooling: str = "auto",
+        mask_padding: bool = True,
+        sketch_dim: int = 64,
+        sketch_type: str = "gaussian",
+        num_points: int = 17,
+        t_max: float = 5.0,
+        strong_normalization: str = "seed",
+        seed: int = 0,
         distributed: bool | Literal["auto"] = "auto",
         check_finite: bool = True,
     ) -> None:
-        from sigreg_hf.config import normalise_layers
-
-        options: dict[str, Any] = {
-            "mode": "weak",
-            "layers": ["auto"],
-            "pooling": "auto",
-            "mask_padding": True,
-            "sketch_dim": 64,
-            "sketch_type": "gaussian",
-            "num_points": 17,
-            "t_max": 5.0,
-            "seed": 0,
-        }
-        if config is not None:
-            for name in _OPTION_NAMES:
-                attr = "seed" if name == "seed" else f"sigreg_{name}"
-                if hasattr(config, attr):
-                    options[name] = getattr(config, attr)
-        given = {
-            "mode": mode,
-            "layers": layers,
-            "pooling": pooling,
-            "mask_padding": mask_padding,
-            "sketch_dim": sketch_dim,
-            "sketch_type": sketch_type,
-            "num_points": num_points,
-            "t_max": t_max,
-            "seed": seed,
-        }
-        options.update({k: v for k, v in given.items() if v is not None})
-        if options["mode"] not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {options['mode']!r}.")
-        if options["pooling"] not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}; got {options['pooling']!r}.")
-        if options["sketch_type"] not in ("gaussian", "orthonormal"):
-            raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {options['sketch_type']!r}.")
-        if not isinstance(options["mask_padding"], bool):
-            raise ValueError(f"mask_padding must be True or False; got {options['mask_padding']!r}.")
-        for name, minimum in (("sketch_dim", 1), ("num_points", 2)):
-            value = options[name]
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+        if sketch_type not in ("gaussian", "orthonormal"):
+            raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {sketch_type!r}.")
+        if strong_normalization not in ("seed", "per_sample"):
+            raise ValueError(f"strong_normalization must be 'seed' or 'per_sample'; got {strong_normalization!r}.")
+        if not isinstance(mask_padding, bool):
+            raise ValueError(f"mask_padding must be True or False; got {mask_padding!r}.")
+        for name, value, minimum in (("sketch_dim", sketch_dim, 1), ("num_points", num_points, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
         self.model = model
-        self.mode: str = options["mode"]
-        self.mask_padding: bool = options["mask_padding"]
-        self.sketch_dim: int = options["sketch_dim"]
-        self.sketch_type: str = options["sketch_type"]
-        self.num_points: int = options["num_points"]
-        self.t_max: float = float(options["t_max"])
-        self.seed: int = int(options["seed"])
+        self.mode: str = mode
+        self.mask_padding: bool = mask_padding
+        self.sketch_dim: int = sketch_dim
+        self.sketch_type: str = sketch_type
+        self.num_points: int = num_points
+        self.t_max: float = float(t_max)
+        self.strong_normalization: str = strong_normalization
+        self.seed: int = int(seed)
         self.distributed = distributed
         self.check_finite = check_finite
 
-        patterns = normalise_layers(options["layers"])
+        patterns = _normalise_layers(layers)
         if patterns == ["auto"]:
             patterns, preset_pooling = auto_taps(model)
         else:
             preset_pooling = default_pooling(model)
         self.patterns: list[str] = list(patterns)
-        self.pooling: str = options["pooling"] if options["pooling"] != "auto" else preset_pooling
+        self.pooling: str = pooling if pooling != "auto" else preset_pooling
         self.layer_names: list[str] = resolve_taps(model, self.patterns)
         self._check_mask_applies(model)
 
@@ -423,8 +392,10 @@ class SIGRegulariser:
         self._captured: dict[str, Tensor] = {}
         self._calls = 0
         self.layer_losses: dict[str, Tensor] = {}
-        #: While False, attached hooks record nothing (e.g. during activation-checkpoint recomputation).
-        self.enabled = True
+        self._enabled = True
+        #: Record only forwards run with gradients enabled (a trainer sets it while training, so that a
+        #: second no-grad forward of the same batch, e.g. TRL's for metrics, does not replace the states).
+        self.grad_only = False
         #: Micro-batches too small for the statistic (global N < 2): they contributed no regulariser.
         self.num_skipped_batches = 0
         self._warned_small_batch = False
@@ -433,6 +404,36 @@ class SIGRegulariser:
         self._writes_in_place: dict[tuple[str, bool], bool] = {}
         self._returned: dict[str, tuple[Tensor, int, tuple[str, bool]]] = {}  # key -> (output, its version, state)
         self._feature_layout: str | None = None
+
+    @classmethod
+    def from_args(cls, model: nn.Module, args: Any, **overrides: Any) -> SIGRegulariser:
+        """The regulariser that ``args`` (a :class:`sigreg_hf.config.SIGRegArguments`) describes for ``model``.
+
+        ``overrides`` are keyword arguments of ``__init__`` (e.g. ``distributed=False``, ``check_finite=False``).
+        """
+        options: dict[str, Any] = dict(
+            mode=args.sigreg_mode,
+            layers=args.sigreg_layers,
+            pooling=args.sigreg_pooling,
+            mask_padding=args.sigreg_mask_padding,
+            sketch_dim=args.sigreg_sketch_dim,
+            sketch_type=args.sigreg_sketch_type,
+            num_points=args.sigreg_num_points,
+            t_max=args.sigreg_t_max,
+            strong_normalization=args.sigreg_strong_normalization,
+            seed=getattr(args, "seed", 0),
+        )
+        options.update(overrides)
+        return cls(model, **options)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether attached hooks record now (False e.g. during activation-checkpoint recomputation)."""
+        return self._enabled and (not self.grad_only or torch.is_grad_enabled())
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
 
     def _check_mask_applies(self, model: nn.Module) -> None:
         """An encoder-decoder's ``attention_mask`` is the encoder's: refuse to mask decoder states with it."""
@@ -636,7 +637,7 @@ class SIGRegulariser:
                 ).T
             return sigreg_strong(
                 x, num_slices=self.sketch_dim, num_points=self.num_points, t_max=self.t_max,
-                projection=projection, **common,
+                projection=projection, normalization=self.strong_normalization, **common,
             )
         return sigreg_weak(x, sketch_dim=self.sketch_dim, sketch_type=self.sketch_type, **common)
 

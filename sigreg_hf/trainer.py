@@ -1,133 +1,158 @@
-"""SIGRegTrainer: ``transformers.Trainer`` with SIGReg on tapped hidden states, through ``compute_loss``.
+"""SIGRegMixin: SIGReg on tapped hidden states for any ``transformers.Trainer`` subclass; SIGRegTrainer.
 
-Objective per micro-batch (``args`` is a :class:`sigreg_hf.config.SIGRegConfig`)::
+Use it on ``Trainer`` (:class:`SIGRegTrainer`), ``Seq2SeqTrainer``, TRL's ``SFTTrainer`` or your own::
+
+    @dataclass
+    class SFTSIGRegConfig(SIGRegArguments, SFTConfig):
+        pass
+
+    class SFTSIGRegTrainer(SIGRegMixin, SFTTrainer):
+        pass
+
+Objective of a training micro-batch (``args`` carries :class:`sigreg_hf.config.SIGRegArguments`)::
 
     convex   (default, the seed's rule):  (1 - a) * task + a * reg
     additive:                             task + a * reg
 
-``a`` is ``sigreg_alpha`` warmed up linearly over ``sigreg_warmup_steps`` optimiser steps and ``reg``
-the mean over tapped layers of the SIGReg statistic.
+``task`` is the parent's ``compute_loss`` (one ``super()`` call: the parent's loss types, label smoothing,
+``compute_loss_func``, token normalisation and metrics stay as they are), ``a`` is ``sigreg_alpha`` warmed up
+linearly over ``sigreg_warmup_steps`` optimiser steps and ``reg`` the mean over tapped layers of the SIGReg
+statistic of the micro-batch (of all processes' micro-batches together under DDP).
 
-Task loss:
-    * hard labels: the model's own loss (its ``problem_type`` semantics, causal-LM shifting, ignore
-      index), through ``Trainer.compute_loss`` (so ``label_smoothing_factor`` / ``compute_loss_func``
-      still apply); a model that returns no loss (e.g. a plain ``nn.Module`` returning logits) gets
-      cross-entropy on its logits;
-    * soft targets ``[B, num_classes]`` (MixUp/CutMix): popped before the forward, soft-target
-      cross-entropy ``-(y * log_softmax(logits)).sum(-1).mean()`` computed here (a model's built-in
-      loss would switch to BCE for float labels).
+Gradient accumulation and processes, as transformers >= 5.19 does it: when the parent's loss is already
+scaled for accumulation (normalised by ``num_items_in_batch``, the token count of the whole accumulated
+batch on every process, and multiplied by the number of processes), ``reg`` is added divided by the number
+of accumulation steps and never multiplied by the number of processes (TRL's rule for its MoE auxiliary
+loss); otherwise ``Trainer.training_step`` divides the whole loss by the accumulation steps. Either way
+``reg`` weighs ``a`` per optimiser step whatever the accumulation count and the number of processes.
 
-Gradient accumulation: both terms are per-micro-batch means, and the Trainer divides each micro-batch's
-loss by the number of accumulation steps (``loss_is_scaled_for_ga = False``; ``num_items_in_batch`` is
-never passed to the model, because some models - transformers' ResNet - ignore it and would then be
-mis-scaled). The task loss of k equal micro-batches therefore equals the full batch's task loss; the
-regulariser is a per-micro-batch statistic (a distribution statistic of the micro-batch, or, under
-DDP, of the micro-batches of all ranks together), not a statistic of the accumulated batch.
+Evaluation: ``eval_loss`` is the task loss (what ``metric_for_best_model`` and early stopping see);
+``eval_sigreg_loss`` is logged beside it unless ``sigreg_in_eval=False``.
 
-``sigreg_mode="none"``: no hooks are registered and the plain ``Trainer.compute_loss`` is called (except
-for soft targets and models without a ``labels`` argument, where the cross-entropy above is used).
+``sigreg_mode="none"``: no hooks, and ``compute_loss`` is the parent's: training is bit for bit the parent's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from huggingface_hub import EvalResult, ModelCard
 from torch import Tensor, nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-from sigreg_hf.config import SIGRegConfig
+from sigreg_hf.config import SIGRegArguments
 from sigreg_hf.taps import SIGRegulariser, unwrap_model
 
-__all__ = ["SIGRegTrainer", "soft_target_cross_entropy"]
+__all__ = ["SIGRegMixin", "SIGRegTrainer", "sigreg_card_section"]
 
+logger = logging.getLogger(__name__)
 
-def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over samples of ``-sum_c y_c log softmax(logits)_c`` (computed in float32)."""
-    if logits.shape != targets.shape:
-        raise ValueError(
-            f"soft targets must have the logits' shape [B, num_classes]; got targets {tuple(targets.shape)} "
-            f"for logits {tuple(logits.shape)}."
-        )
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    return -(targets.to(log_probs.dtype) * log_probs).sum(dim=-1).mean()
-
-
-def _logits_of(outputs: Any) -> Tensor:
-    if isinstance(outputs, Tensor):
-        return outputs
-    if isinstance(outputs, dict) and "logits" in outputs:
-        return outputs["logits"]
-    logits = getattr(outputs, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
-        return outputs[0]
-    raise ValueError(
-        f"cannot find logits in the model's output of type {type(outputs).__name__}: return a tensor, a "
-        "ModelOutput with `logits`, or a dict with 'logits'."
-    )
+#: Hub task of a model from its class name's head suffix (for ``model-index``).
+_TASK_OF_HEAD = (
+    ("ForImageClassification", "image-classification"),
+    ("ForSequenceClassification", "text-classification"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("ForSeq2SeqLM", "text2text-generation"),
+)
 
 
 def _mean(values: list[Tensor | float]) -> float:
     if isinstance(values[0], Tensor):
-        return torch.stack([v.detach().double() for v in values]).mean().item()
+        return torch.stack([torch.as_tensor(v).detach().double().reshape(()) for v in values]).mean().item()
     return sum(values) / len(values)
 
 
-def _hard_ce(outputs: Any, labels: Tensor) -> Tensor:
-    """Cross-entropy of integer labels (ignore index -100) on the outputs' logits, in float32."""
-    logits = _logits_of(outputs)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+def _modality(model: nn.Module) -> str:
+    """What the model reads, from its ``main_input_name``: images, text, audio or (default) inputs."""
+    name = getattr(unwrap_model(model), "main_input_name", None)
+    return {"pixel_values": "images", "input_ids": "text", "input_features": "audio", "input_values": "audio"}.get(
+        name, "inputs"
+    )
 
 
-class SIGRegTrainer(Trainer):
-    """``Trainer`` whose loss adds SIGReg on the tapped hidden states (see the module docstring).
+def sigreg_card_section(args: SIGRegArguments, regulariser: SIGRegulariser | None, model: nn.Module) -> str:
+    """The model card's "SIGReg" section (markdown) for a run with ``args`` on ``model``."""
+    if regulariser is None:
+        return (
+            "## SIGReg\n\nTrained with `sigreg_hf` with `sigreg_mode=\"none\"`: no regulariser, the plain "
+            "task loss (a baseline of a SIGReg comparison).\n"
+        )
+    modality = _modality(model)
+    rule = "(1 - a) * task + a * reg" if args.sigreg_weighting == "convex" else "task + a * reg"
+    statistic = (
+        "weak (sketched covariance towards the identity)"
+        if regulariser.mode == "weak"
+        else f"strong (sliced Epps-Pulley against N(0, I), {args.sigreg_strong_normalization} normalisation)"
+    )
+    layers = ", ".join(f"`{name}`" for name in regulariser.layer_names)
+    return (
+        "## SIGReg\n\n"
+        f"Trained on {modality} with SIGReg (Sketched Isotropic Gaussian Regularization, `sigreg_hf`): the "
+        f"{statistic} statistic of the hidden states of {layers} (pooled with `{regulariser.pooling}`, "
+        f"{regulariser.sketch_dim} {'sketch rows' if regulariser.mode == 'weak' else 'slices'}, "
+        f"{regulariser.sketch_type} sketch), added to the task loss as `{rule}` with a = {args.sigreg_alpha}"
+        + (f", warmed up over {args.sigreg_warmup_steps} steps" if args.sigreg_warmup_steps else "")
+        + ".\nThe regulariser shapes training only: the saved model runs like any model of its class.\n"
+    )
 
-    Takes the usual ``Trainer`` arguments; ``args`` must be a :class:`SIGRegConfig` (a plain
-    ``TrainingArguments`` is accepted and means ``sigreg_mode="none"``).
 
-    Logs (train, and ``eval_``-prefixed in evaluation): ``task_loss``, ``sigreg_loss`` (unweighted mean
-    over layers), ``sigreg_alpha`` (effective, after warm-up) and, with ``sigreg_log_per_layer``,
-    ``sigreg_loss/<layer name>``; averaged over micro-batches, logging steps and processes.
+class SIGRegMixin:
+    """Adds SIGReg to a ``transformers.Trainer`` subclass (see the module docstring). Put it first in the bases.
+
+    Args:
+        regulariser: a :class:`sigreg_hf.taps.SIGRegulariser` built by the caller (on the model the trainer
+            trains) instead of the one ``args`` describes; its ``mode`` must equal ``args.sigreg_mode``.
+        *args, **kwargs: the parent trainer's arguments; ``args`` should carry
+            :class:`sigreg_hf.config.SIGRegArguments` (plain training arguments mean ``sigreg_mode="none"``).
+
+    Logs (train, and prefixed like ``eval_loss`` in evaluation): ``task_loss``, ``sigreg_loss`` (unweighted
+    mean over layers), ``sigreg_alpha`` (after warm-up) and, with ``sigreg_log_per_layer``,
+    ``sigreg_loss/<layer name>``; averaged over micro-batches, logging steps and processes. They are kept
+    apart from a parent's own metrics (TRL's ``_metrics``).
     """
 
-    # Each micro-batch loss is a per-micro-batch mean; Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, regulariser: SIGRegulariser | None = None, **kwargs: Any) -> None:
+        self._tag_names = list(dict.fromkeys([*getattr(self, "_tag_names", []), "sigreg"]))
         super().__init__(*args, **kwargs)
-        if not isinstance(self.args, SIGRegConfig):
-            if not isinstance(self.args, TrainingArguments):
-                raise ValueError(f"args must be a SIGRegConfig; got {type(self.args).__name__}.")
-            if getattr(self.args, "sigreg_mode", "none") != "none":
-                raise ValueError("args must be a SIGRegConfig to use sigreg_mode other than 'none'.")
-        # Never hand num_items_in_batch to the model (see the module docstring).
-        self.model_accepts_loss_kwargs = False
-        if self.args.label_names is None and not self.label_names and not self._model_takes_labels(self.model):
-            # A model without a `labels` argument (a plain nn.Module returning logits): keep the `labels`
-            # column (remove_unused_columns would drop it) so that this trainer computes cross-entropy.
-            self.label_names = ["labels"]
-        self._metrics: dict[str, defaultdict[str, list[Tensor | float]]] = {
+        self._sigreg_metrics: dict[str, defaultdict[str, list[Tensor | float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        self._eval_prefix: str | None = None
-        self.regulariser: SIGRegulariser | None = None
-        if self.sigreg_mode != "none":
-            # Resolve the taps now so that a bad pattern fails before training starts.
-            # check_finite=False: no per-layer host sync; a non-finite hidden state shows in the logged loss.
-            self.regulariser = SIGRegulariser(self.model, self.args, check_finite=False)
+        self._sigreg_eval_prefix: str | None = None
+        self._sigreg_in_train = False
+        self._sigreg_warned: set[str] = set()
+        self._sigreg_user_regulariser = regulariser is not None
+        if regulariser is not None:
+            if not isinstance(self.args, SIGRegArguments):
+                raise ValueError(
+                    f"regulariser= needs args with the sigreg_* options (SIGRegArguments); got "
+                    f"{type(self.args).__name__}. Use SIGRegConfig or a class(SIGRegArguments, ...)."
+                )
+            if regulariser.mode != self.sigreg_mode:
+                raise ValueError(
+                    f"the regulariser passed has mode={regulariser.mode!r} but args.sigreg_mode is "
+                    f"{self.sigreg_mode!r}: set sigreg_mode={regulariser.mode!r}."
+                )
+        if self.sigreg_mode == "none":
+            self.regulariser: SIGRegulariser | None = None
+        else:
+            # Resolve the taps now so that a bad pattern fails before training starts. check_finite=False:
+            # no per-layer host sync; a non-finite hidden state shows in the logged loss.
+            self.regulariser = regulariser or SIGRegulariser.from_args(self.model, self.args, check_finite=False)
 
-    # -- configuration helpers ---------------------------------------------------------------------
+    # -- configuration --------------------------------------------------------------------------------
     @property
     def sigreg_mode(self) -> str:
-        return getattr(self.args, "sigreg_mode", "none")
+        """``args.sigreg_mode``; ``"none"`` for training arguments without the SIGReg options."""
+        return getattr(self.args, "sigreg_mode", "none") if isinstance(self.args, SIGRegArguments) else "none"
 
     def sigreg_effective_alpha(self, step: int | None = None) -> float:
         """``sigreg_alpha`` after the linear warm-up at optimiser step ``step`` (default: now)."""
@@ -144,43 +169,46 @@ class SIGRegTrainer(Trainer):
             return task + alpha * reg
         return (1.0 - alpha) * task + alpha * reg
 
-    # -- loss ---------------------------------------------------------------------------------------
-    def _model_takes_labels(self, model: nn.Module) -> bool:
-        base = unwrap_model(model)
-        cached = getattr(self, "_takes_labels_cache", None)
-        if cached is None or cached[0] is not type(base):
-            params = inspect.signature(base.forward).parameters
-            takes = "labels" in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-            cached = (type(base), takes)
-            self._takes_labels_cache = cached
-        return cached[1]
+    def _task_loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        """Whether the parent's loss is already scaled for accumulation (``Trainer.training_step``'s rule)."""
+        declared = getattr(self, "loss_is_scaled_for_ga", None)  # transformers >= 5.19
+        if declared is not None:
+            return bool(declared)
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
 
-    def _is_soft(self, labels: Any) -> bool:
-        if not isinstance(labels, Tensor) or not labels.is_floating_point() or labels.dim() != 2:
-            return False
-        config = getattr(unwrap_model(self.model), "config", None)
-        problem_type = getattr(config, "problem_type", None)
-        return problem_type not in ("multi_label_classification", "regression")
+    def _active_regulariser(self, model: nn.Module) -> SIGRegulariser | None:
+        """The regulariser for this forward (following the trained model), or None for the parent's loss."""
+        if self.sigreg_mode == "none":
+            return None
+        if not model.training and not self.args.sigreg_in_eval:
+            return None
+        regulariser = self.regulariser
+        if regulariser is None or unwrap_model(regulariser.model) is not unwrap_model(self.model):
+            # model_init / hyperparameter_search replaced the model (or the mode changed): hooks follow it
+            if self._sigreg_user_regulariser and regulariser is not None:
+                raise ValueError(
+                    "the regulariser passed to the trainer hooks a model the trainer no longer trains (model_init "
+                    "built a new one): let the trainer build it from args instead of passing regulariser=."
+                )
+            attached = regulariser is not None and regulariser.is_attached
+            if regulariser is not None:
+                regulariser.detach()
+            regulariser = SIGRegulariser.from_args(self.model, self.args, check_finite=False)
+            self.regulariser = regulariser
+            if attached or self._sigreg_in_train:
+                regulariser.attach()
+        elif self._sigreg_in_train and not regulariser.is_attached:
+            regulariser.attach()
+        return regulariser
 
-    def task_loss(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[Tensor, Any]:
-        """``(task loss, outputs)`` for one micro-batch (see the module docstring for the semantics)."""
-        labels = inputs.get("labels")
-        soft = labels is not None and self._is_soft(labels)
-        if labels is not None and (soft or not self._model_takes_labels(model)):
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            loss = soft_target_cross_entropy(_logits_of(outputs), labels) if soft else _hard_ce(outputs, labels)
-        elif labels is None or self.label_smoother is not None or self.compute_loss_func is not None:
-            # label smoothing / compute_loss_func / no labels: the plain Trainer's logic
-            return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        else:
-            outputs = model(**inputs)
-            loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
-            if loss is None:
-                loss = _hard_ce(outputs, labels)
-        if isinstance(outputs, Tensor):
-            outputs = {"logits": outputs}
-        return loss, outputs
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._sigreg_warned:
+            self._sigreg_warned.add(key)
+            logger.warning(message)
 
+    # -- loss -----------------------------------------------------------------------------------------
     def compute_loss(
         self,
         model: nn.Module,
@@ -188,81 +216,135 @@ class SIGRegTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Tensor | tuple[Tensor, Any]:
-        if self.regulariser is None:
-            labels = inputs.get("labels")
-            if labels is not None and (self._is_soft(labels) or not self._model_takes_labels(model)):
-                loss, outputs = self.task_loss(model, inputs, num_items_in_batch)
-                return (loss, outputs) if return_outputs else loss
+        """The parent's loss plus the regulariser (see the module docstring)."""
+        regulariser = self._active_regulariser(model)
+        if regulariser is None:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
-
+        training = model.training
         step = self.state.global_step
-        regulariser = self.regulariser
+        attention_mask = inputs.get("attention_mask")  # read first: a parent may pop or change inputs
+        # Ask the parent for the outputs only when needed (TRL's SFTTrainer runs an extra forward for them).
+        want_outputs = return_outputs or (
+            type(regulariser).select_hidden_states is not SIGRegulariser.select_hidden_states
+        )
         regulariser.clear()
-        # Inside train()/evaluate()/predict() the hooks stay registered (stable hooks keep torch.compile
-        # from recompiling); a direct call registers them for this forward only. They record only during
-        # this forward, not during gradient-checkpoint recomputation in backward.
         regulariser.enabled = True
+        # Training: record only the gradient-carrying forward (a parent may add a no-grad one for metrics).
+        regulariser.grad_only = training and torch.is_grad_enabled()
         try:
+            # Inside train()/evaluate()/predict() the hooks stay registered (stable hooks keep torch.compile
+            # from recompiling); a direct call registers them for this call only.
             with contextlib.nullcontext() if regulariser.is_attached else regulariser:
-                task, outputs = self.task_loss(model, inputs, num_items_in_batch)
-                reg = regulariser.loss(outputs, step=step, attention_mask=inputs.get("attention_mask"))
+                result = super().compute_loss(
+                    model, inputs, return_outputs=want_outputs, num_items_in_batch=num_items_in_batch
+                )
+                task, outputs = result if want_outputs else (result, None)
+                reg = regulariser.loss(outputs, step=step, attention_mask=attention_mask)
                 layer_losses = regulariser.layer_losses
         finally:
             regulariser.enabled = False
+            regulariser.grad_only = False
             regulariser.clear()  # drop the captured activations
         alpha = self.sigreg_effective_alpha(step)
-        loss = self.combine(task.float(), reg, alpha)
-        self._record_metrics(model, task, reg, alpha, layer_losses)
+        if training:
+            scaled = self._task_loss_is_scaled_for_ga(num_items_in_batch)
+            steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            steps = steps if scaled else 1
+            loss = self.combine(task.float(), reg / steps, alpha)
+            task_metric = task.detach().float() * steps  # the micro-batch's share, back on the batch's scale
+        else:
+            loss = task
+            task_metric = task.detach().float()
+        self._record_sigreg_metrics(model, task_metric, reg, alpha, layer_losses)
         return (loss, outputs) if return_outputs else loss
 
-    # -- sharing ------------------------------------------------------------------------------------
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Push like ``Trainer.push_to_hub``, but with this project's run outputs and model card.
+    # -- model card -------------------------------------------------------------------------------------
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The parent's card (tagged ``sigreg``) plus a SIGReg section and, with evaluation results, ``model-index``."""
+        tags = kwargs.get("tags")
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        kwargs["tags"] = list(dict.fromkeys([*tags, "sigreg"]))
+        super().create_model_card(*args, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        path = Path(self.args.output_dir) / "README.md"
+        if not path.exists():
+            return
+        card = ModelCard.load(path)
+        if isinstance(self.args, SIGRegArguments):
+            card.text = card.text.rstrip() + "\n\n" + sigreg_card_section(self.args, self.regulariser, self.model)
+        self._add_model_index(card, kwargs.get("dataset"))
+        card.save(path)
 
-        Saves the model, writes ``results.json`` / plots / log CSV when missing, builds the card (with
-        ``model-index``) and uploads exactly the files ``scripts/push_to_hub.py`` uploads
-        (:func:`sigreg_hf.hub.trainer_push_to_hub`). ``private`` may be passed as a keyword.
+    def _add_model_index(self, card: ModelCard, dataset: Any) -> None:
+        """Fill ``model-index`` from the last evaluation when the parent's card has no results there."""
+        if card.data.eval_results:
+            return
+        evals = [e for e in self.state.log_history if "eval_loss" in e]
+        if not evals:
+            return
+        metrics = {
+            key[len("eval_"):]: float(value)
+            for key, value in evals[-1].items()
+            if key.startswith("eval_") and isinstance(value, (int, float))
+            and not key.endswith(("_runtime", "_per_second"))
+        }  # fmt: skip
+        name = type(unwrap_model(self.model)).__name__
+        task = next((task for suffix, task in _TASK_OF_HEAD if name.endswith(suffix)), "other")
+        dataset_name = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
+        dataset_name = str(dataset_name) if dataset_name else "evaluation set"
+        card.data.model_name = card.data.model_name or Path(self.args.hub_model_id or self.args.output_dir).name
+        card.data.eval_results = [
+            EvalResult(task_type=task, dataset_type=dataset_name, dataset_name=dataset_name, metric_type=key,
+                       metric_name=key, metric_value=value)
+            for key, value in metrics.items()
+        ]  # fmt: skip
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def log_metric(self, name: str, value: Tensor | float) -> None:
+        """Add one value of ``name`` for the current mode (averaged and logged with the SIGReg metrics).
+
+        Pass a device tensor already reduced over processes (e.g. ``accelerator.gather(x).mean()``) to avoid a
+        host synchronisation per step.
         """
-        from sigreg_hf.hub import trainer_push_to_hub
+        mode = "train" if self.model.training else "eval"
+        self._sigreg_metrics[mode][name].append(value.detach() if isinstance(value, Tensor) else float(value))
 
-        return trainer_push_to_hub(
-            self, commit_message=commit_message, token=token, revision=revision, private=kwargs.get("private")
-        )
-
-    # -- logging ------------------------------------------------------------------------------------
-    def _record_metrics(
+    def _record_sigreg_metrics(
         self, model: nn.Module, task: Tensor, reg: Tensor, alpha: float, layer_losses: dict[str, Tensor]
     ) -> None:
         names = ["task_loss", "sigreg_loss"]
-        values = [task.detach().float().reshape(()), reg.detach().float().reshape(())]
+        values = [task.reshape(()), reg.detach().float().reshape(()).to(task.device)]
         if self.args.sigreg_log_per_layer:
             for name, value in layer_losses.items():
                 names.append(f"sigreg_loss/{name}")
-                values.append(value.detach().float().reshape(()).to(values[0].device))
+                values.append(value.detach().float().reshape(()).to(task.device))
         packed = torch.stack(values).unsqueeze(0)  # [1, M]: one all-gather for every metric
-        # kept as device tensors: no host synchronisation until log()
-        gathered = self.accelerator.gather(packed).reshape(-1, len(names)).mean(dim=0)
-        mode = "train" if model.training else "eval"
-        store = self._metrics[mode]
+        gathered = self.accelerator.gather(packed).reshape(-1, len(names)).mean(dim=0)  # on device: no sync
+        store = self._sigreg_metrics["train" if model.training else "eval"]
         for index, name in enumerate(names):
             store[name].append(gathered[index])
         store["sigreg_alpha"].append(alpha)
 
-    # -- hook lifetime ------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
+        mode = "eval" if self._sigreg_eval_prefix is not None else "train"
+        averaged = {name: _mean(values) for name, values in self._sigreg_metrics[mode].items() if values}
+        if mode == "eval":
+            averaged = {f"{self._sigreg_eval_prefix}_{name}": value for name, value in averaged.items()}
+        self._sigreg_metrics[mode].clear()
+        logs.update(averaged)  # in place: evaluate() returns this very dict
+        super().log(logs, *args, **kwargs)
+
+    # -- hook lifetime and batch-size warnings ------------------------------------------------------------
     @contextlib.contextmanager
-    def _hooks_attached(self) -> Iterator[None]:
+    def _hooks_attached(self, evaluation: bool = False) -> Iterator[None]:
         """Keep the regulariser's hooks registered for the duration (removed afterwards, even on error)."""
         regulariser = self.regulariser
-        if regulariser is None or regulariser.is_attached:
+        off_in_eval = evaluation and not (isinstance(self.args, SIGRegArguments) and self.args.sigreg_in_eval)
+        if regulariser is None or regulariser.is_attached or off_in_eval:
             yield
             return
         regulariser.attach()
@@ -271,35 +353,58 @@ class SIGRegTrainer(Trainer):
         finally:
             regulariser.detach()
 
-    def train(self, *args: Any, **kwargs: Any):
-        with self._hooks_attached():
-            return super().train(*args, **kwargs)
+    def _warn_strong_batch_dependence(self, evaluation: bool) -> None:
+        if self.sigreg_mode != "strong" or self.args.sigreg_strong_normalization != "seed":
+            return
+        if not evaluation and self.args.gradient_accumulation_steps > 1:
+            self._warn_once(
+                "ga",
+                f"strong SIGReg (sigreg_strong_normalization='seed') is N times an integral, N the samples of one "
+                f"micro-batch over all processes; with gradient_accumulation_steps="
+                f"{self.args.gradient_accumulation_steps} N is the micro-batch, not the accumulated batch, so the "
+                "regulariser's strength differs from a run with the same batch without accumulation. Set "
+                "sigreg_strong_normalization='per_sample' for a strength independent of N.",
+            )
+        if evaluation and self.args.per_device_eval_batch_size != self.args.per_device_train_batch_size:
+            self._warn_once(
+                "eval",
+                f"strong SIGReg (sigreg_strong_normalization='seed') grows with N: eval_sigreg_loss at "
+                f"per_device_eval_batch_size={self.args.per_device_eval_batch_size} is not comparable with the "
+                f"training value at per_device_train_batch_size={self.args.per_device_train_batch_size}.",
+            )
 
-    def predict(self, *args: Any, **kwargs: Any):
-        with self._hooks_attached():
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._warn_strong_batch_dependence(evaluation=False)
+        self._sigreg_in_train = True
+        try:
+            with self._hooks_attached():
+                return super().train(*args, **kwargs)
+        finally:
+            self._sigreg_in_train = False
+            if self.regulariser is not None:
+                self.regulariser.detach()
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        with self._hooks_attached(evaluation=True):
             try:
                 return super().predict(*args, **kwargs)
             finally:
-                self._metrics["eval"].clear()
+                self._sigreg_metrics["eval"].clear()
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        self._metrics["eval"].clear()
-        self._eval_prefix = metric_key_prefix
+        if isinstance(self.args, SIGRegArguments) and self.args.sigreg_in_eval:
+            self._warn_strong_batch_dependence(evaluation=True)
+        self._sigreg_metrics["eval"].clear()
+        self._sigreg_eval_prefix = metric_key_prefix
         try:
-            with self._hooks_attached():
+            with self._hooks_attached(evaluation=True):
                 return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
-            self._eval_prefix = None
-            self._metrics["eval"].clear()
+            self._sigreg_eval_prefix = None
+            self._sigreg_metrics["eval"].clear()
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
-        mode = "eval" if self._eval_prefix is not None else "train"
-        averaged = {name: _mean(vals) for name, vals in self._metrics[mode].items() if vals}
-        if mode == "eval":
-            averaged = {f"{self._eval_prefix}_{name}": value for name, value in averaged.items()}
-        self._metrics[mode].clear()
-        logs.update(averaged)  # in place: evaluate() returns this very dict
-        super().log(logs, start_time)
+
+class SIGRegTrainer(SIGRegMixin, Trainer):
+    """``transformers.Trainer`` with SIGReg: :class:`SIGRegMixin` on ``Trainer``, ``args`` a ``SIGRegConfig``."""

@@ -83,6 +83,15 @@ class Family:
         torch.manual_seed(seed)
         return build_model(self.name)
 
+    @property
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Extra Trainer arguments: the plain MLP returns logits only, so its loss is a ``compute_loss_func``."""
+        if self.name == "mlp":
+            from sigreg_hf.soft_targets import soft_target_loss
+
+            return {"compute_loss_func": soft_target_loss}
+        return {}
+
     def data(self, n: int, seed: int = 0) -> DictDataset:
         if self.name == "bert":
             return text_data(n, seed)
@@ -230,6 +239,7 @@ def training_args(out: Any, **overrides: Any):
         sigreg_alpha=0.1,
         weight_decay=0.0,
         lr_scheduler_type="constant",
+        label_names=["labels"],
     )
     base.update(overrides)
     return SIGRegConfig(**base)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,22 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
         assert any(not torch.equal(after[n].detach(), p) for n, p in before.items())
     if index == 2:
         assert torch.isfinite(namespace["reg"]) and namespace["loss_fn"](namespace["h"]) >= 0
+
+
+def test_readme_trl_example_runs(tmp_path, monkeypatch):
+    """The "Use with TRL" block, on a tiny Llama and a word-level tokenizer (use_cpu added: SFTConfig's default
+    bf16 needs it on a machine without a GPU)."""
+    pytest.importorskip("trl")
+    from test_mixin import _llama, _sft_data, _tokenizer
+
+    block = python_blocks()[3]
+    assert "class SFTSIGRegTrainer(SIGRegMixin, SFTTrainer)" in block and "logging_steps=1)" in block
+    monkeypatch.chdir(tmp_path)
+    # a real module, as a user's script is: the Trainer pickles the config class into its checkpoints
+    module = types.ModuleType("readme_trl_block")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module.__dict__.update(model=_llama(), train=_sft_data(), tokenizer=_tokenizer())
+    code = compile(block.replace("logging_steps=1)", "logging_steps=1, use_cpu=True)"), "README TRL block", "exec")
+    exec(code, module.__dict__)
+    logs = [e for e in module.trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all({"sigreg_loss", "mean_token_accuracy", "entropy"} <= set(e) for e in logs)

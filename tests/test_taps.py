@@ -358,7 +358,7 @@ def test_config_object_and_option_errors(tmp_path):
         sigreg_t_max=3.0,
         seed=11,
     )
-    reg = SIGRegulariser(TinyMLP(), config)
+    reg = SIGRegulariser.from_args(TinyMLP(), config)
     assert (reg.mode, reg.layer_names, reg.sketch_dim, reg.num_points, reg.t_max, reg.seed) == (
         "strong",
         ["net.3"],
@@ -367,7 +367,12 @@ def test_config_object_and_option_errors(tmp_path):
         3.0,
         11,
     )
-    assert SIGRegulariser(TinyMLP(), config, mode="weak").mode == "weak"
+    assert (reg.sketch_type, reg.strong_normalization, reg.pooling, reg.mask_padding) == (
+        "gaussian", "seed", "auto", True
+    )  # fmt: skip
+    assert SIGRegulariser.from_args(TinyMLP(), config, mode="weak").mode == "weak"
+    with pytest.raises(TypeError):
+        SIGRegulariser(TinyMLP(), config)  # options are keyword arguments, not read from a config object
     with pytest.raises(ValueError, match="mode must be one of"):
         SIGRegulariser(TinyMLP(), mode="medium")
     with pytest.raises(ValueError, match="sketch_dim must be an integer"):

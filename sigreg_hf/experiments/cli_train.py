@@ -36,6 +36,7 @@ from sigreg_hf.experiments.recipes import RecipeError, list_recipes, load_recipe
 from sigreg_hf.experiments.record import RunRecord
 from sigreg_hf.experiments.run_outputs import write_run_outputs
 from sigreg_hf.experiments.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
+from sigreg_hf.soft_targets import soft_target_loss
 from sigreg_hf.trainer import SIGRegTrainer
 
 logger = logging.getLogger("sigreg_hf.train")
@@ -377,6 +378,7 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         task_loss_scale=optim_args.task_loss_scale,
         callbacks=[AugmentationEpochCallback(data.clock)] if data.clock is not None else None,
+        compute_loss_func=soft_target_loss if data_args.mix else None,
         **trainer_kwargs,
     )
     logger.info(

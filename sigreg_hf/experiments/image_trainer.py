@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from sigreg_hf.experiments.data import dominant_label_top1
+from sigreg_hf.soft_targets import logits_of
 from sigreg_hf.trainer import SIGRegTrainer
 
 __all__ = ["ImageClassificationTrainer"]
@@ -40,15 +41,13 @@ class ImageClassificationTrainer(SIGRegTrainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        labels = inputs.get("labels")
+        labels = inputs.get("labels")  # read first: with compute_loss_func the Trainer pops them
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         if model.training and self.task_loss_scale != 1.0:
             loss = loss * self.task_loss_scale
-        store = getattr(self, "_metrics", {}).get("train")
-        if model.training and labels is not None and store is not None:
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-            acc = dominant_label_top1(logits.detach(), labels) * 100.0
-            store[self.train_metric_name].append(self.accelerator.gather(acc.reshape(1)).mean().item())
+        if model.training and labels is not None:
+            acc = dominant_label_top1(logits_of(outputs).detach(), labels) * 100.0
+            self.log_metric(self.train_metric_name, self.accelerator.gather(acc.reshape(1)).mean())
         return (loss, outputs) if return_outputs else loss

@@ -40,15 +40,15 @@ def classification_loss(
 
     Raises:
         ValueError: for floating-point (soft / one-hot) labels, which the models deliberately do not
-            interpret; compute soft-target cross-entropy from ``outputs.logits`` instead (as
-            ``SIGRegTrainer`` does for MixUp/CutMix), or pass ``labels=None``.
+            interpret; compute soft-target cross-entropy from ``outputs.logits`` instead (with a
+            Trainer: ``compute_loss_func=sigreg_hf.soft_target_loss``), or pass ``labels=None``.
     """
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(
             f"labels must be integer class indices of shape [batch], got dtype {labels.dtype} and shape "
             f"{tuple(labels.shape)}. Soft (MixUp/CutMix) targets are not handled by the model: call it "
-            "without labels and compute the soft-target cross-entropy from outputs.logits (SIGRegTrainer "
-            "does this)."
+            "without labels and compute the soft-target cross-entropy from outputs.logits (with a Trainer: "
+            "compute_loss_func=sigreg_hf.soft_target_loss)."
         )
     if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels must have shape [batch] = [{logits.shape[0]}], got {tuple(labels.shape)}.")
