@@ -19,10 +19,14 @@ The options are validated here, once, in ``__post_init__``.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
+
+from sigreg_hf.redaction import without_secrets
 
 __all__ = [
     "SIGREG_MODES",
@@ -184,6 +188,23 @@ class SIGRegArguments:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         self.sigreg_layers = normalise_layers(self.sigreg_layers)
+
+    # Pickling is how the Trainer writes training_args.bin into every checkpoint and the run folder (which a
+    # push uploads): a pickled copy never carries a secret (``hub_token``, any ``*_token`` string). Copies in
+    # memory keep them, so a copied config can still push.
+    def __getstate__(self) -> dict[str, Any]:
+        return without_secrets(self.__dict__)
+
+    def __copy__(self) -> SIGRegArguments:
+        clone = self.__class__.__new__(self.__class__)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SIGRegArguments:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__dict__.update({key: copy.deepcopy(value, memo) for key, value in self.__dict__.items()})
+        return clone
 
 
 @dataclass

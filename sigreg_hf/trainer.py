@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from transformers import Trainer
 
 from sigreg_hf.config import SIGRegArguments
+from sigreg_hf.launch import check_launch
 from sigreg_hf.taps import SIGRegulariser, unwrap_model
 
 __all__ = ["SIGRegMixin", "SIGRegTrainer", "sigreg_card_section"]
@@ -122,6 +123,8 @@ class SIGRegMixin:
     def __init__(self, *args: Any, regulariser: SIGRegulariser | None = None, **kwargs: Any) -> None:
         self._tag_names = list(dict.fromkeys([*getattr(self, "_tag_names", []), "sigreg"]))
         super().__init__(*args, **kwargs)
+        # refuse launches that would train wrong in silence (processes that are not one job; DataParallel)
+        check_launch(self.args, hooks_on_model=self.sigreg_mode != "none")
         self._sigreg_metrics: dict[str, defaultdict[str, list[Tensor | float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -241,8 +244,10 @@ class SIGRegMixin:
                     model, inputs, return_outputs=want_outputs, num_items_in_batch=num_items_in_batch
                 )
                 task, outputs = result if want_outputs else (result, None)
+                skipped_before = regulariser.num_skipped_batches
                 reg = regulariser.loss(outputs, step=step, attention_mask=attention_mask)
                 layer_losses = regulariser.layer_losses
+                skipped = regulariser.num_skipped_batches > skipped_before  # same on every rank (global N)
         finally:
             regulariser.enabled = False
             regulariser.grad_only = False
@@ -257,7 +262,9 @@ class SIGRegMixin:
         else:
             loss = task
             task_metric = task.detach().float()
-        self._record_sigreg_metrics(model, task_metric, reg, alpha, layer_losses)
+        self._record_sigreg_metrics(model, task_metric, None if skipped else reg, alpha, layer_losses)
+        if skipped:
+            self._sigreg_metrics["train" if training else "eval"]["sigreg_skipped_batches"].append(1.0)
         return (loss, outputs) if return_outputs else loss
 
     # -- model card -------------------------------------------------------------------------------------
@@ -313,11 +320,15 @@ class SIGRegMixin:
         self._sigreg_metrics[mode][name].append(value.detach() if isinstance(value, Tensor) else float(value))
 
     def _record_sigreg_metrics(
-        self, model: nn.Module, task: Tensor, reg: Tensor, alpha: float, layer_losses: dict[str, Tensor]
+        self, model: nn.Module, task: Tensor, reg: Tensor | None, alpha: float, layer_losses: dict[str, Tensor]
     ) -> None:
-        names = ["task_loss", "sigreg_loss"]
-        values = [task.reshape(()), reg.detach().float().reshape(()).to(task.device)]
-        if self.args.sigreg_log_per_layer:
+        """``reg`` None: the micro-batch was too small for the statistic (left out of ``sigreg_loss``)."""
+        names = ["task_loss"]
+        values = [task.reshape(())]
+        if reg is not None:
+            names.append("sigreg_loss")
+            values.append(reg.detach().float().reshape(()).to(task.device))
+        if reg is not None and self.args.sigreg_log_per_layer:
             for name, value in layer_losses.items():
                 names.append(f"sigreg_loss/{name}")
                 values.append(value.detach().float().reshape(()).to(task.device))
@@ -331,7 +342,11 @@ class SIGRegMixin:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
         mode = "eval" if self._sigreg_eval_prefix is not None else "train"
-        averaged = {name: _mean(values) for name, values in self._sigreg_metrics[mode].items() if values}
+        averaged = {
+            name: float(len(values)) if name == "sigreg_skipped_batches" else _mean(values)  # a count, not a mean
+            for name, values in self._sigreg_metrics[mode].items()
+            if values
+        }
         if mode == "eval":
             averaged = {f"{self._sigreg_eval_prefix}_{name}": value for name, value in averaged.items()}
         self._sigreg_metrics[mode].clear()
@@ -375,6 +390,8 @@ class SIGRegMixin:
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self._warn_strong_batch_dependence(evaluation=False)
+        if self.regulariser is not None:
+            logger.warning("SIGReg %s", self.regulariser.describe())
         self._sigreg_in_train = True
         try:
             with self._hooks_attached():

@@ -46,3 +46,16 @@ def test_command_line_strings_are_redacted():
         "--hub_model_id org/m"
     )
     assert redact_command_line(f"train.py --note {TOKEN}") == f"train.py --note {REDACTED}"
+
+
+def test_pickled_config_has_no_token_but_copies_keep_it(tmp_path):
+    import copy
+    import pickle
+
+    from sigreg_hf import SIGRegConfig
+
+    args = SIGRegConfig(output_dir=str(tmp_path), hub_token=TOKEN, sigreg_mode="weak")
+    restored = pickle.loads(pickle.dumps(args))
+    assert restored.hub_token is None and restored.sigreg_mode == "weak" and TOKEN.encode() not in pickle.dumps(args)
+    assert copy.deepcopy(args).hub_token == TOKEN and copy.copy(args).hub_token == TOKEN
+    assert args.hub_token == TOKEN

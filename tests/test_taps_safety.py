@@ -17,6 +17,7 @@ from timm.models.metaformer import GroupNorm1, MetaFormer
 from torch import nn
 
 from sigreg_hf.losses import sigreg_strong, sigreg_weak
+from sigreg_hf.soft_targets import soft_target_loss
 from sigreg_hf.taps import SIGRegulariser, step_generator
 from sigreg_hf.trainer import SIGRegTrainer
 
@@ -327,14 +328,16 @@ def test_trainer_runs_through_last_batches_of_one(tmp_path):
     args = training_args(tmp_path, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4,
                          per_device_eval_batch_size=4, sigreg_mode="strong", sigreg_alpha=0.1)  # fmt: skip
     trainer = SIGRegTrainer(model=FAMILIES["mlp"].model(), args=args, train_dataset=image_data(9),
-                            eval_dataset=image_data(5, seed=1))  # fmt: skip
+                            eval_dataset=image_data(5, seed=1), compute_loss_func=soft_target_loss)  # fmt: skip
     trainer.train()
     history = trainer.state.log_history
     total, task, reg = losses(history), losses(history, "task_loss"), losses(history, "sigreg_loss")
-    assert len(total) == 3 and reg[0] > 0 and reg[1] > 0 and reg[2] == 0.0
+    assert len(total) == 3 and len(reg) == 2 and reg[0] > 0 and reg[1] > 0  # the batch of one: no sigreg_loss
     assert total[2] == pytest.approx(0.9 * task[2], rel=1e-6)  # the batch of one trained on its task loss
+    train_logs = [entry for entry in history if "loss" in entry and "eval_loss" not in entry]
+    assert [entry.get("sigreg_skipped_batches") for entry in train_logs] == [None, None, 1.0]
     metrics = trainer.evaluate()
-    assert math.isfinite(metrics["eval_loss"])
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_sigreg_skipped_batches"] == 1.0
     assert trainer.regulariser.num_skipped_batches == 2  # the last training batch and the last evaluation batch
 
 

@@ -271,6 +271,7 @@ def run_settings(
         "sigreg_mode": args.sigreg_mode,
         "sigreg_alpha": args.sigreg_alpha if args.sigreg_mode != "none" else 0.0,
         "sigreg_sketch_type": args.sigreg_sketch_type if args.sigreg_mode != "none" else None,
+        "sigreg_taps": trainer.regulariser.describe() if trainer.regulariser is not None else None,
         "task_loss_scale": optim_args.task_loss_scale,
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps > 0 else None,
