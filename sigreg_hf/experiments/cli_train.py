@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser, ViTImageProcessor, set_seed
 
 import sigreg_hf.models as models  # registers the sigreg-* model types with the Auto classes
-from sigreg_hf.checkpoints import resolve_resume
+from sigreg_hf.checkpoints import OutputDirectoryInUseError, resolve_resume
 from sigreg_hf.config import SIGRegConfig
 from sigreg_hf.experiments.data import DatasetUnavailableError, PreparedImageData, prepare_image_classification_data
 from sigreg_hf.experiments.data.clock import AugmentationEpochCallback
@@ -36,6 +36,7 @@ from sigreg_hf.experiments.recipes import RecipeError, list_recipes, load_recipe
 from sigreg_hf.experiments.record import RunRecord
 from sigreg_hf.experiments.run_outputs import write_run_outputs
 from sigreg_hf.experiments.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
+from sigreg_hf.launch import LaunchError
 from sigreg_hf.soft_targets import soft_target_loss
 from sigreg_hf.trainer import SIGRegTrainer
 
@@ -94,9 +95,50 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # Several processes and no GPU (accelerate launch / torchrun on CPU): DDP over gloo needs use_cpu.
         defaults["use_cpu"] = True
+    refuse_unhonoured_options(argv)
     parser = build_parser()
     parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a field's own validation (sigreg_*, train_subset, ...): one line, no traceback
+        raise UsageError(str(err)) from err
+    check_sizes(parsed[0])
+    return parsed
+
+
+#: TrainingArguments options this command does not use (it builds its own optimiser and schedule), with the
+#: options that do the job. Given on the command line they are refused: no option may be a silent no-op.
+UNHONOURED_OPTIONS = {
+    "--optim": "--optimizer {sgd,adamw,muon}",
+    "--optim_args": "--optimizer and its fields (--momentum, --muon_*, --aux_*)",
+    "--optim_target_modules": "--muon_params",
+    "--lr_scheduler_type": "--lr_schedule {cosine,constant} (with --lr_schedule_interval, --eta_min)",
+    "--lr_scheduler_kwargs": "--lr_schedule_interval and --eta_min",
+}
+
+
+class UsageError(ValueError):
+    """The command's options or data are invalid; the message names the value and what to do."""
+
+
+def refuse_unhonoured_options(argv: Sequence[str]) -> None:
+    """Raise :class:`UsageError` for a TrainingArguments option that this command would silently ignore."""
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    for option, instead in UNHONOURED_OPTIONS.items():
+        if option in given:
+            raise UsageError(
+                f"{option} is not used by this command, which builds the recipes' own optimiser and schedule: "
+                f"use {instead}."
+            )
+
+
+def check_sizes(args: SIGRegConfig) -> None:
+    """Batch sizes and the training length must be positive (one-line errors before any data is read)."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer; got {getattr(args, name)}.")
+    if args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise UsageError(f"--num_train_epochs must be positive (or set --max_steps); got {args.num_train_epochs}.")
 
 
 def build_image_processor(data: PreparedImageData) -> ViTImageProcessor:
@@ -333,34 +375,37 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
     if eval_split is None:
         args.eval_strategy = "no"
     with args.main_process_first(desc="dataset loading and decoding"):
-        data = prepare_image_classification_data(
-            data_args.dataset_name,
-            dataset_config=data_args.dataset_config,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            train_split=data_args.train_split,
-            eval_split=eval_split,
-            cache_dir=data_args.dataset_cache_dir,
-            train_subset=data_args.train_subset,
-            max_eval_samples=data_args.max_eval_samples,
-            seed=args.seed,
-            decode_cache=data_args.decode_cache,
-            keyed_augmentation=data_args.keyed_augmentation,
-            decode_num_proc=data_args.decode_num_proc,
-            image_size=data_args.image_size,
-            crop_padding=data_args.crop_padding,
-            hflip=data_args.hflip,
-            randaugment_num_ops=data_args.randaugment_num_ops,
-            randaugment_magnitude=data_args.randaugment_magnitude,
-            mean_std=data_args.mean_std,
-            mean=data_args.mean,
-            std=data_args.std,
-            mix=data_args.mix,
-            mixup_alpha=data_args.mixup_alpha,
-            cutmix_alpha=data_args.cutmix_alpha,
-            mix_prob=data_args.mix_prob,
-            mix_switch_prob=data_args.mix_switch_prob,
-        )
+        try:
+            data = prepare_image_classification_data(
+                data_args.dataset_name,
+                dataset_config=data_args.dataset_config,
+                image_column=data_args.image_column,
+                label_column=data_args.label_column,
+                train_split=data_args.train_split,
+                eval_split=eval_split,
+                cache_dir=data_args.dataset_cache_dir,
+                train_subset=data_args.train_subset,
+                max_eval_samples=data_args.max_eval_samples,
+                seed=args.seed,
+                decode_cache=data_args.decode_cache,
+                keyed_augmentation=data_args.keyed_augmentation,
+                decode_num_proc=data_args.decode_num_proc,
+                image_size=data_args.image_size,
+                crop_padding=data_args.crop_padding,
+                hflip=data_args.hflip,
+                randaugment_num_ops=data_args.randaugment_num_ops,
+                randaugment_magnitude=data_args.randaugment_magnitude,
+                mean_std=data_args.mean_std,
+                mean=data_args.mean,
+                std=data_args.std,
+                mix=data_args.mix,
+                mixup_alpha=data_args.mixup_alpha,
+                cutmix_alpha=data_args.cutmix_alpha,
+                mix_prob=data_args.mix_prob,
+                mix_switch_prob=data_args.mix_switch_prob,
+            )
+        except ValueError as err:  # labels, images, subset sizes: one line naming the row, file or value
+            raise UsageError(str(err)) from err
     model = build_model(model_args, data)
     processor = build_image_processor(data)
     steps_per_epoch, total_steps, horizon = schedule_steps(args, optim_args, len(data.train))
@@ -451,7 +496,7 @@ def cli() -> None:
     """Console entry: like :func:`main`, but configuration/data errors end the process with a clean message."""
     try:
         main()
-    except (DatasetUnavailableError, RecipeError) as err:
+    except (DatasetUnavailableError, RecipeError, UsageError, OutputDirectoryInUseError, LaunchError) as err:
         raise SystemExit(f"error: {err}") from None
 
 

@@ -121,8 +121,14 @@ def load_recipe(name_or_path: str, *, strict: bool = True) -> dict[str, Any]:
         raise RecipeError(
             f"Recipe {name_or_path!r} not found (looked for {path}). Available: {', '.join(available) or 'none'}."
         )
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RecipeError(f"Recipe file {path} is not valid YAML{line}: {problem}.") from err
     recipe = validate_recipe(data, name=path.stem)
     if strict and RECIPE_NAME_RE.fullmatch(path.stem):
         missing = [k for k in REQUIRED_KEYS if k not in recipe]
