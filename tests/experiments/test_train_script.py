@@ -21,7 +21,7 @@ from sigreg_hf.experiments.cli_train import main, parse_args
 from sigreg_hf.experiments.image_trainer import ImageClassificationTrainer
 from sigreg_hf.experiments.recipes import PUBLISHED_TOP1, load_recipe
 from sigreg_hf.models import create_model
-from sigreg_hf.trainer import soft_target_cross_entropy
+from sigreg_hf.soft_targets import soft_target_cross_entropy, soft_target_loss
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # ../shared/data beside the clone
@@ -95,7 +95,8 @@ def _trainer(tmp_path: Path, *, task_loss_scale: float, sigreg_mode: str = "none
     model = create_model("mlp", num_classes=5, image_size=8, hidden_size=16, num_hidden_layers=2)
     args = SIGRegConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", sigreg_mode=sigreg_mode,
                         sigreg_alpha=0.1)  # fmt: skip
-    return ImageClassificationTrainer(model=model, args=args, task_loss_scale=task_loss_scale)
+    return ImageClassificationTrainer(model=model, args=args, task_loss_scale=task_loss_scale,
+                                      compute_loss_func=soft_target_loss)  # fmt: skip
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["hard_labels", "mixed_targets"])
