@@ -391,7 +391,7 @@ class SIGRegMixin:
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self._warn_strong_batch_dependence(evaluation=False)
         if self.regulariser is not None:
-            logger.warning("SIGReg %s", self.regulariser.describe())
+            logger.info("SIGReg taps: %s", self.regulariser.describe())
         self._sigreg_in_train = True
         try:
             with self._hooks_attached():

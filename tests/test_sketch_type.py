@@ -48,7 +48,7 @@ def test_config_parses_and_validates_sketch_type(tmp_path):
         ["--output_dir", str(tmp_path), "--sigreg_mode", "weak", "--sigreg_sketch_type", "orthonormal"]
     )
     assert args.sigreg_sketch_type == "orthonormal"
-    assert SIGRegulariser(_mlp(), args).sketch_type == "orthonormal"
+    assert SIGRegulariser.from_args(_mlp(), args).sketch_type == "orthonormal"
     assert SIGRegConfig(output_dir=str(tmp_path)).sigreg_sketch_type == "gaussian"
     with pytest.raises(ValueError, match=r"sigreg_sketch_type must be one of \('gaussian', 'orthonormal'\)"):
         SIGRegConfig(output_dir=str(tmp_path), sigreg_sketch_type="qr")

@@ -389,3 +389,17 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
         for r in ranks:
             torch.testing.assert_close(r["functional"][((1, 1), name)], want, rtol=1e-5, atol=1e-6)
             assert "the global batch over all ranks has N = 1" in r["functional"][((1, 0), name)]
+
+
+def test_trainer_logs_and_describes_its_taps_when_training_starts(tmp_path, caplog):
+    from sigreg_test_models import training_args
+
+    args = training_args(tmp_path, max_steps=1, per_device_train_batch_size=4, sigreg_mode="weak")
+    trainer = SIGRegTrainer(model=FAMILIES["mlp"].model(), args=args, train_dataset=image_data(8),
+                            compute_loss_func=soft_target_loss)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sigreg_hf.trainer"):
+        trainer.train()
+    described = trainer.regulariser.describe()
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SIGReg taps: ")]
+    assert logged == [f"SIGReg taps: {described}"]
+    assert described["mode"] == "weak" and described["layers"] and "pooling" in described
