@@ -107,6 +107,24 @@ def _per_epoch_facts(run: Mapping[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def across_settings(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean/min/max of final and best top-1 per (mode, sketch, alpha) over its seeds, previous runs included."""
+    groups: dict[tuple[str, str, float], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        key = (run["sigreg_mode"], run.get("sigreg_sketch_type") or "", float(run["sigreg_alpha"]))
+        groups.setdefault(key, []).append(run)
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
+
+    return [
+        {"sigreg_mode": mode, "sigreg_sketch_type": sketch or None, "sigreg_alpha": alpha,
+         "seeds": [r["seed"] for r in group], "final_top1": spread([float(r["final_top1"]) for r in group]),
+         "best_top1": spread([float(r["best_top1"]) for r in group])}  # fmt: skip
+        for (mode, sketch, alpha), group in sorted(groups.items())
+    ]
+
+
 def build_report(run_dirs: Sequence[str], previous: str | None, output_dir: str | Path) -> dict[str, Any]:
     runs = [load_results(d) for d in run_dirs]
     summary = experiment_summary(runs, experiment="mlp-subset-sweep", dataset=runs[0].get("dataset") if runs else None)
@@ -115,6 +133,7 @@ def build_report(run_dirs: Sequence[str], previous: str | None, output_dir: str 
         entry["source"] = "this sweep"
     if previous:
         summary["runs"] = previous_runs(previous) + summary["runs"]
+    summary["across_seeds"] = across_settings(summary["runs"])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
