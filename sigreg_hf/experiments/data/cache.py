@@ -8,7 +8,6 @@ access, on the decoded pixels, so it stays random per epoch.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import datasets
@@ -48,37 +47,24 @@ def check_label_range(labels: np.ndarray, num_classes: int, *, split: str, label
         )
 
 
-def _open_image(value: Any) -> Image.Image:
-    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` cell."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(value["path"])
-        else:
-            raise ValueError("the cell has neither bytes nor a path")
-        image.load()  # decode now, so that a truncated file fails here
-        return image
-    raise ValueError(f"unsupported image cell of type {type(value).__name__}")
-
-
 class _DecodeBatch:
     """``Dataset.map`` function: images -> uint8 HWC bytes (module-level class so the cache key is stable).
 
-    Cells arrive undecoded (``{"bytes", "path"}``), so that a corrupt image is reported with its row and file.
+    Cells of an ``Image`` column arrive undecoded (``{"bytes", "path"}``) and are decoded here by that column's
+    own feature (``decoder``: EXIF orientation and mode as ``datasets`` applies them), so that a corrupt image is
+    reported with its row and file. Without a ``decoder`` the cells are PIL images already.
     """
 
-    def __init__(self, image_column: str, image_size: int | None) -> None:
+    def __init__(self, image_column: str, image_size: int | None, decoder: datasets.Image | None = None) -> None:
         self.image_column = image_column
         self.image_size = image_size
+        self.decoder = decoder
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         pixels, heights, widths = [], [], []
         for cell, row in zip(batch[self.image_column], indices, strict=True):
             try:
-                image = _open_image(cell)
+                image = self.decoder.decode_example(cell) if self.decoder is not None else cell
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 where = f" ({cell['path']})" if isinstance(cell, dict) and cell.get("path") else ""
                 raise ValueError(
@@ -118,10 +104,13 @@ def decode_images(
         }
     )
     remove = [c for c in dataset.column_names if c != label_column]
-    if isinstance(dataset.features[image_column], datasets.Image):
+    decoder = dataset.features[image_column]
+    if isinstance(decoder, datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    else:
+        decoder = None
     return dataset.map(
-        _DecodeBatch(image_column, image_size),
+        _DecodeBatch(image_column, image_size, decoder),
         batched=True,
         with_indices=True,
         batch_size=1000,
