@@ -12,13 +12,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 
 __all__ = ["OutputDirectoryInUseError", "existing_checkpoints", "latest_complete_checkpoint", "resolve_resume"]
-
-#: Written last into a checkpoint by the Trainer: a folder without it was cut off mid-save (e.g. kill -9).
-TRAINER_STATE_NAME = "trainer_state.json"
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +28,15 @@ class OutputDirectoryInUseError(RuntimeError):
 
 
 def existing_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The ``checkpoint-<step>`` folders directly inside ``output_dir``, by step."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
+    """The ``checkpoint-<step>`` folders directly inside ``output_dir``, by step (the Trainer's own ordering)."""
+    if not Path(output_dir).is_dir():
         return []
-    found = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    return [Path(path) for path in sort_checkpoints(str(output_dir))]
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-*`` whose ``trainer_state.json`` (the Trainer's last write) exists and parses."""
+    """The newest ``checkpoint-*`` whose ``trainer_state.json`` exists and parses: the Trainer writes it last, so a
+    folder without it was cut off mid-save (e.g. kill -9)."""
     for checkpoint in reversed(existing_checkpoints(output_dir)):
         try:
             TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
