@@ -10,7 +10,10 @@ __all__ = ["REDACTED", "is_secret_option", "redact_command", "redact_command_lin
 
 REDACTED = "<redacted>"
 #: Option names whose value is a secret: ``--hub_token``, ``--api_key``, ``--wandb-password``, ...
-_SECRET_OPTION = re.compile(r"^--?([\w-]*[_-])?(token|secret|password|passwd|api[_-]?key|access[_-]?key)$", re.I)
+_SECRET_NAME = r"--?(?:[\w-]*[_-])?(?:token|secret|password|passwd|api[_-]?key|access[_-]?key)"
+_SECRET_OPTION = re.compile(rf"^{_SECRET_NAME}$", re.I)
+#: The same options inside one command-line string, with their value (``=v``, `` v`` or quoted).
+_SECRET_OPTION_IN_TEXT = re.compile(rf"({_SECRET_NAME})(=|\s+)(\"[^\"]*\"|'[^']*'|\S+)", re.I)
 #: Hugging Face user/org access tokens, wherever they appear.
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
@@ -46,12 +49,6 @@ def redact_command(argv: Sequence[str]) -> list[str]:
             continue
         out.append(redact_text(arg))
     return out
-
-
-_SECRET_OPTION_IN_TEXT = re.compile(
-    r"(--?(?:[\w-]*[_-])?(?:token|secret|password|passwd|api[_-]?key|access[_-]?key))(=|\s+)(\"[^\"]*\"|'[^']*'|\S+)",
-    re.I,
-)
 
 
 def redact_command_line(command: str) -> str:
