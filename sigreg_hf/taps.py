@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from sigreg_hf.config import SIGREG_SKETCH_TYPES, SIGREG_STRONG_NORMALIZATIONS
 from sigreg_hf.config import normalise_layers as _normalise_layers
 from sigreg_hf.losses import draw_sketch, global_sample_counts, sigreg_strong, sigreg_weak
 from sigreg_hf.presets import TapPreset, feature_layout, find_preset, preset_pooling
@@ -356,9 +357,9 @@ class SIGRegulariser:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
-        if sketch_type not in ("gaussian", "orthonormal"):
+        if sketch_type not in SIGREG_SKETCH_TYPES:
             raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {sketch_type!r}.")
-        if strong_normalization not in ("seed", "per_sample"):
+        if strong_normalization not in SIGREG_STRONG_NORMALIZATIONS:
             raise ValueError(f"strong_normalization must be 'seed' or 'per_sample'; got {strong_normalization!r}.")
         if not isinstance(mask_padding, bool):
             raise ValueError(f"mask_padding must be True or False; got {mask_padding!r}.")

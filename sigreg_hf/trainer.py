@@ -264,7 +264,7 @@ class SIGRegMixin:
             task_metric = task.detach().float()
         self._record_sigreg_metrics(model, task_metric, None if skipped else reg, alpha, layer_losses)
         if skipped:
-            self._sigreg_metrics["train" if training else "eval"]["sigreg_skipped_batches"].append(1.0)
+            self.log_metric("sigreg_skipped_batches", 1.0)
         return (loss, outputs) if return_outputs else loss
 
     # -- model card -------------------------------------------------------------------------------------
