@@ -35,7 +35,7 @@ import torch
 import transformers
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sigreg_hf import SIGRegConfig, SIGRegTrainer
 
@@ -98,25 +98,6 @@ def token_blocks(tokenizer: PreTrainedTokenizerFast, texts: list[str], seq_len: 
     return Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}), len(ids)
 
 
-class ThroughputCallback(TrainerCallback):
-    """Training wall time without evaluation, for tokens/s."""
-
-    def __init__(self) -> None:
-        self.eval_seconds = 0.0
-        self._eval_start: float | None = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._eval_start = None
-
-    def on_step_end(self, args, state, control, **kwargs):  # logging and evaluation run after this hook
-        self._eval_start = time.perf_counter()
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if self._eval_start is not None:
-            self.eval_seconds += time.perf_counter() - self._eval_start
-            self._eval_start = None
-
-
 def train(ns: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(ns.seed)
     verses = read_verses(ns.corpus)
@@ -143,16 +124,14 @@ def train(ns: argparse.Namespace) -> dict[str, Any]:
         sigreg_mode=ns.sigreg_mode, sigreg_alpha=ns.sigreg_alpha, sigreg_layers="auto",
         sigreg_weighting="convex", sigreg_sketch_dim=64,
     )  # fmt: skip
-    timer = ThroughputCallback()
-    trainer = SIGRegTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, callbacks=[timer]
-    )
+    trainer = SIGRegTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
     history = trainer.state.log_history
     evals = [e for e in history if "eval_loss" in e]
     trains = [e for e in history if "loss" in e and "eval_loss" not in e]
+    train_seconds = wall - sum(float(e.get("eval_runtime", 0.0)) for e in evals)  # the Trainer times evaluation
 
     def val_task(e: dict[str, Any]) -> float:
         return float(e.get("eval_task_loss", e["eval_loss"]))
@@ -189,8 +168,8 @@ def train(ns: argparse.Namespace) -> dict[str, Any]:
         "final_val_loss": round(val_task(evals[-1]), 5) if evals else None,
         "best_val_loss": round(min(val_task(e) for e in evals), 5) if evals else None,
         "wall_seconds": round(wall, 2),
-        "train_seconds": round(wall - timer.eval_seconds, 2),
-        "tokens_per_second": round(tokens_trained / max(wall - timer.eval_seconds, 1e-9), 1),
+        "train_seconds": round(train_seconds, 2),
+        "tokens_per_second": round(tokens_trained / max(train_seconds, 1e-9), 1),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "machine": platform.machine()},  # fmt: skip
         "threads": torch.get_num_threads(),
