@@ -388,6 +388,7 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
                 max_eval_samples=data_args.max_eval_samples,
                 seed=args.seed,
                 decode_cache=data_args.decode_cache,
+                local_copy=data_args.local_copy,
                 keyed_augmentation=data_args.keyed_augmentation,
                 decode_num_proc=data_args.decode_num_proc,
                 image_size=data_args.image_size,

@@ -64,6 +64,11 @@ class DataArguments:
     decode_cache: bool = field(
         default=True, metadata={"help": "Decode images once into a cached uint8 Arrow column (datasets.map)."}
     )
+    local_copy: bool = field(
+        default=True,
+        metadata={"help": "Read a local dataset folder from a copy saved on its first use while no file in it "
+                  "changed (skips datasets' resolution of every file: ~30 s for CIFAR-10's 60,000 JPEGs)."},
+    )
     decode_num_proc: int | None = field(default=None, metadata={"help": "Processes for the one-off decoding."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory."})
     image_size: int = field(default=32, metadata={"help": "Input resolution (images of another size are resized)."})

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import datasets
 
 from sigreg_hf.experiments.data.cache import check_label_range, read_labels
+from sigreg_hf.experiments.data.local_copy import load_local_folder
 
 DEFAULT_DATASET = "uoft-cs/cifar100"
 
@@ -98,7 +99,9 @@ def _unavailable_message(name: str, reason: str) -> str:
     )
 
 
-def _load_raw(name_or_path: str, config_name: str | None, cache_dir: str | None) -> datasets.DatasetDict:
+def _load_raw(
+    name_or_path: str, config_name: str | None, cache_dir: str | None, local_copy: bool = True
+) -> datasets.DatasetDict:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -116,6 +119,8 @@ def _load_raw(name_or_path: str, config_name: str | None, cache_dir: str | None)
                 loaded = datasets.DatasetDict({"train": loaded})
             return loaded
         try:
+            if local_copy:
+                return load_local_folder(path, config_name=config_name, cache_dir=cache_dir)
             return datasets.load_dataset(str(path), config_name, cache_dir=cache_dir)
         except (FileNotFoundError, ValueError) as err:
             raise DatasetUnavailableError(
@@ -180,6 +185,7 @@ def load_image_classification_dataset(
     train_split: str = "train",
     eval_split: str | None = "test",
     cache_dir: str | None = None,
+    local_copy: bool = True,
 ) -> ImageClassificationData:
     """Load the train (and evaluation) split of an image-classification dataset.
 
@@ -189,12 +195,15 @@ def load_image_classification_dataset(
         image_column / label_column: override the detected columns.
         train_split / eval_split: split names; ``eval_split=None`` loads no evaluation split.
         cache_dir: ``datasets`` cache directory (default: the library's).
+        local_copy: a local data folder (imagefolder tree, parquet files) is read from a saved copy while it is
+            unchanged (see :mod:`sigreg_hf.experiments.data.local_copy`); False resolves it with ``datasets``
+            on every call.
 
     Raises:
         DatasetUnavailableError: the dataset cannot be reached or read (the message says what to do).
         ValueError: a named split or column does not exist.
     """
-    raw = _load_raw(name_or_path, config_name, cache_dir)
+    raw = _load_raw(name_or_path, config_name, cache_dir, local_copy)
     available = list(raw)
     for split in (train_split, eval_split):
         if split is not None and split not in raw:

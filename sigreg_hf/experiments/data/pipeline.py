@@ -70,6 +70,7 @@ def prepare_image_classification_data(
     mix_prob: float = 1.0,
     mix_switch_prob: float = 0.5,
     keyed_augmentation: bool = True,
+    local_copy: bool = True,
 ) -> PreparedImageData:
     """Load, optionally subset and decode-cache, and attach lazy transforms to train/eval splits.
 
@@ -79,7 +80,8 @@ def prepare_image_classification_data(
     ``max_eval_samples`` subsets the evaluation split the same way. Subsets are taken before decoding, so
     only the images used are decoded (and cached). With ``keyed_augmentation`` (default) the training
     augmentation and mixing are seeded by ``(seed, epoch, row)`` (see :class:`AugmentationClock`): add
-    ``AugmentationEpochCallback(prepared.clock)`` to the Trainer so that a resumed run is exact.
+    ``AugmentationEpochCallback(prepared.clock)`` to the Trainer so that a resumed run is exact. ``local_copy``:
+    see :func:`~sigreg_hf.experiments.data.loading.load_image_classification_dataset`.
     """
     raw = load_image_classification_dataset(
         dataset_name,
@@ -89,6 +91,7 @@ def prepare_image_classification_data(
         train_split=train_split,
         eval_split=eval_split,
         cache_dir=cache_dir,
+        local_copy=local_copy,
     )
     train, eval_ds = raw.train, raw.eval
     # subset first (labels only, through Arrow), then decode only the images that are used
