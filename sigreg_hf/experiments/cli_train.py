@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageClassification, HfArgumentParser, ViTImageProcessor, set_seed
+from transformers import (
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    TrainerCallback,
+    ViTImageProcessor,
+    set_seed,
+)
 
 import sigreg_hf.models as models  # registers the sigreg-* model types with the Auto classes
 from sigreg_hf.checkpoints import OutputDirectoryInUseError, resolve_resume
@@ -354,11 +360,17 @@ def summary_line(results: dict[str, Any]) -> str:
     )
 
 
-def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] | None = None) -> RunRecord:
+def run(
+    parsed: ParsedArgs,
+    command: str | None = None,
+    labels: dict[str, Any] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> RunRecord:
     """Train and evaluate one configuration; return its record (also written to the run folder).
 
     ``command`` is the reproduction command recorded in results.json and the model card; ``labels`` are
-    set on the record before it is written (see :func:`build_record`).
+    set on the record before it is written (see :func:`build_record`); ``callbacks`` are added to the
+    Trainer's (e.g. ``scripts/bench_train.py``'s step clock).
     """
     args, model_args, data_args, optim_args, run_args = parsed
     start = time.time()
@@ -424,7 +436,7 @@ def run(parsed: ParsedArgs, command: str | None = None, labels: dict[str, Any] |
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         task_loss_scale=optim_args.task_loss_scale,
-        callbacks=[AugmentationEpochCallback(data.clock)] if data.clock is not None else None,
+        callbacks=([AugmentationEpochCallback(data.clock)] if data.clock is not None else []) + list(callbacks),
         compute_loss_func=soft_target_loss if data_args.mix else None,
         **trainer_kwargs,
     )
