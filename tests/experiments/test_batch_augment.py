@@ -378,9 +378,10 @@ def test_same_seed_same_output_and_params_drawn_on_cpu(device):
     assert torch.equal(a, aug(images))
 
 
-def test_meta_device_batch():
-    """Crop + flip need no data: a meta batch goes through (parameters still drawn on the CPU)."""
-    aug = BatchAugmentation(mean=MEAN, std=STD)
+@pytest.mark.parametrize("num_ops", [0, 2])
+def test_meta_device_batch(num_ops):
+    """A batch on a device other than the CPU (here meta, no data) goes through; the draws stay on the CPU."""
+    aug = BatchAugmentation(mean=MEAN, std=STD, randaugment_num_ops=num_ops)
     out = aug(torch.empty(8, 3, 32, 32, dtype=torch.uint8, device="meta"), seed=0)
     assert out.device.type == "meta" and out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
 
