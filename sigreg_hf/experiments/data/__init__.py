@@ -3,6 +3,7 @@
 See :func:`prepare_image_classification_data` for the one-call path used by ``scripts/train.py``.
 """
 
+from sigreg_hf.experiments.data.batch_augment import BatchAugmentation
 from sigreg_hf.experiments.data.cache import class_balanced_subset, compute_mean_std, decode_images
 from sigreg_hf.experiments.data.loading import (
     DEFAULT_DATASET,
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "MEAN_STD_PRESETS",
     "MIX_MARKER",
+    "BatchAugmentation",
     "DatasetUnavailableError",
     "ImageBatchTransform",
     "ImageClassificationCollator",

@@ -117,6 +117,30 @@ class ImageClassificationCollator:
         mixed, soft = transform(pixel_values, labels)
         return mixed, soft.float()
 
+    def mix_batch(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a stacked batch as :meth:`__call__` mixes a training batch: ``(mixed pixels, soft targets)``.
+
+        ``pixel_values`` is ``[B, C, H, W]`` float, ``labels`` int64 ``[B]`` in ``[0, num_classes)``, both on any
+        (the same) device; the results stay there, soft targets float32 ``[B, num_classes]`` with rows summing
+        to 1 (one-hot when the batch is left unmixed, i.e. with probability ``1 - prob``). The randomness is
+        the collator's (keyed by ``rows`` and the clock when both are present, else its seeded stream or
+        torch's global RNG) and is drawn on the CPU, so a batch already on an accelerator (e.g. after
+        :class:`~sigreg_hf.experiments.data.batch_augment.BatchAugmentation`) mixes exactly as it would on the
+        CPU. Applies mixing whatever ``mix`` says; :meth:`__call__` decides whether to call it.
+        """
+        if pixel_values.ndim < 1 or labels.ndim != 1 or labels.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"Expected pixel_values [B, ...] and labels [B]; "
+                f"got {list(pixel_values.shape)} and {list(labels.shape)}."
+            )
+        if labels.dtype != torch.long:
+            raise ValueError(f"labels must be int64 class indices, got {labels.dtype}.")
+        if rows is not None and len(rows) != labels.shape[0]:
+            raise ValueError(f"Got {len(rows)} rows for a batch of {labels.shape[0]}.")
+        return self._apply_mix(pixel_values, labels, rows)
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("Empty batch.")
@@ -129,7 +153,7 @@ class ImageClassificationCollator:
         is_train = all(f.get(MIX_MARKER, False) for f in features)
         rows = [int(f[ROW_COLUMN]) for f in features] if all(ROW_COLUMN in f for f in features) else None
         if self.mix and is_train:
-            pixel_values, soft = self._apply_mix(pixel_values, labels, rows)
+            pixel_values, soft = self.mix_batch(pixel_values, labels, rows)
             return {"pixel_values": pixel_values, "labels": soft}
         return {"pixel_values": pixel_values, "labels": labels}
 
