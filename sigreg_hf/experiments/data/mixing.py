@@ -102,7 +102,7 @@ class ImageClassificationCollator:
         u = float(rng.random())
         batch_seed = int(rng.integers(0, 2**63 - 1))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(batch_seed)
+            torch.default_generator.manual_seed(batch_seed)  # CPU draws only; accelerator streams untouched
             return self._mix_with_global_rng(pixel_values, labels, u)
 
     def _mix_with_global_rng(
