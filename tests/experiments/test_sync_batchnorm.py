@@ -134,6 +134,10 @@ def small_net_scenario(rank: int) -> dict[str, Any]:
     bn16 = CrossRankBatchNorm(6)
     result["bf16"] = {"out": bn16(x16[_rows((4, 4), rank)]).detach(), "state": bn16.state_dict()}
 
+    # a large offset (mean 1000, std 1): float32 sums of squares around zero would lose the variance
+    far = torch.randn(GLOBAL_ROWS, 6, 4, generator=torch.Generator().manual_seed(5)) + 1000
+    result["offset"] = CrossRankBatchNorm(6)(far[_rows((5, 3), rank)]).detach()
+
     # every rank creates every group, in the same order
     solo = [dist.new_group([0]), dist.new_group([1])][rank]
     pair = dist.new_group([0, 1])
@@ -248,6 +252,14 @@ def test_bf16_inputs_use_float32_statistics(small_ranks):
         torch.testing.assert_close(got["out"].float(), want[_rows((4, 4), rank)], rtol=1e-2, atol=2e-2)
         for key, value in bn.state_dict().items():
             torch.testing.assert_close(got["state"][key], value, **TOL)
+
+
+@pytest.mark.distributed
+def test_statistics_survive_a_large_offset(small_ranks):
+    far = torch.randn(GLOBAL_ROWS, 6, 4, generator=torch.Generator().manual_seed(5)) + 1000
+    want = nn.BatchNorm1d(6).double()(far.double()).float()
+    for rank, result in enumerate(small_ranks):
+        torch.testing.assert_close(result["offset"], want[_rows((5, 3), rank)], rtol=0, atol=2e-3)
 
 
 @pytest.mark.distributed
