@@ -4,7 +4,7 @@ Both follow the seed document's formulas exactly (see :mod:`sigreg_hf.reference`
 float32 (float64 for float64 inputs) whatever the input precision, and both can be a statistic of
 the *global* batch under ``torch.distributed``: the sufficient statistics (characteristic-function
 sums for strong, first and second moments for weak) are summed across ranks with an autograd-aware
-all-reduce. This module is the only place in the package that talks to ``torch.distributed``.
+all-reduce. This module is the only place in the library core that talks to ``torch.distributed``.
 
 Distributed contract: every rank must pass the same ``projection``/``sketch`` (or a ``generator``
 seeded identically on every rank, e.g. from the global step). Each rank then returns the same
@@ -123,20 +123,29 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, values: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:  # noqa: D102
+        ctx.group = group
         out = values.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         out = grad.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
 
 
-def _all_reduce_sum(values: Tensor) -> Tensor:
-    return _AllReduceSum.apply(values)
+def all_reduce_sum(values: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Differentiable all-reduce SUM over ``group`` (default: the world): the backward all-reduces the gradient.
+
+    Every rank of ``group`` must call it (forward and, where the result needs a gradient, backward) in the
+    same order. Used by the losses here and by the experiments app's cross-rank BatchNorm.
+    """
+    return _AllReduceSum.apply(values, group)
+
+
+_all_reduce_sum = all_reduce_sum
 
 
 def global_sample_counts(
