@@ -127,16 +127,18 @@ def prepare_image_classification_data(
 
     train_tf = build_train_transform(
         mean_t, std_t, crop_size=image_size, padding=crop_padding, hflip=hflip,
-        randaugment_num_ops=randaugment_num_ops, randaugment_magnitude=randaugment_magnitude,
+        randaugment_num_ops=randaugment_num_ops, randaugment_magnitude=randaugment_magnitude, normalize=False,
     )
-    eval_tf = build_eval_transform(mean_t, std_t)
+    normalize = build_eval_transform(mean_t, std_t)  # once per batch, after the per-image augmentation
     common = {"image_column": raw.image_column, "label_column": raw.label_column, "image_size": image_size}
     clock = AugmentationClock(seed) if keyed_augmentation else None
     if clock is not None:
         train = add_row_column(train)
-    train = train.with_transform(ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, **common))
+    train = train.with_transform(
+        ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, batch_transform=normalize, **common)
+    )
     if eval_ds is not None:
-        eval_ds = eval_ds.with_transform(ImageBatchTransform(eval_tf, **common))
+        eval_ds = eval_ds.with_transform(ImageBatchTransform(None, batch_transform=normalize, **common))
     collator = ImageClassificationCollator(
         raw.num_classes, mix=mix, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
         switch_prob=mix_switch_prob, seed=seed, clock=clock,

@@ -67,10 +67,12 @@ def build_train_transform(
     hflip: bool = True,
     randaugment_num_ops: int = 0,
     randaugment_magnitude: int = 9,
+    normalize: bool = True,
 ) -> v2.Compose:
     """Train transform for uint8 CHW tensors: crop + flip (+ RandAugment) + to float + normalise.
 
-    ``randaugment_num_ops=0`` leaves RandAugment out; the paper's ViT rows use ``(2, 9)``.
+    ``randaugment_num_ops=0`` leaves RandAugment out; the paper's ViT rows use ``(2, 9)``. ``normalize=False``
+    stops at the augmented uint8 image (then :func:`build_eval_transform` does the rest, e.g. on a whole batch).
     """
     steps: list[Callable[..., Any]] = []
     if padding > 0 or crop_size:
@@ -79,12 +81,13 @@ def build_train_transform(
         steps.append(v2.RandomHorizontalFlip())
     if randaugment_num_ops > 0:
         steps.append(v2.RandAugment(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if normalize:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
 
 
 def build_eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Eval transform for uint8 CHW tensors: to float + normalise (no augmentation)."""
+    """Eval transform for uint8 CHW tensors (one image or a ``[B, 3, H, W]`` batch): to float + normalise."""
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
 
 
@@ -134,7 +137,8 @@ class ImageBatchTransform:
     """The function given to ``Dataset.with_transform``: rows -> ``pixel_values`` / ``labels``.
 
     Reads either the decoded-image cache columns (``pixels``/``height``/``width``) or a PIL image column,
-    applies ``transform`` per image (fresh randomness on every access, so every epoch differs), and,
+    applies ``transform`` per image (fresh randomness on every access, so every epoch differs; ``None``: none),
+    then ``batch_transform`` (deterministic, e.g. to float + normalise) once to the stacked images, and,
     when ``mark_for_mixing`` is true, tags each example with :data:`MIX_MARKER` for the collator.
     With a ``clock`` (and the :data:`ROW_COLUMN` in the data), each image's randomness is seeded by
     ``(seed, epoch, row)`` inside a forked RNG, leaving torch's global stream untouched; the row is passed on
@@ -143,15 +147,17 @@ class ImageBatchTransform:
 
     def __init__(
         self,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
         *,
         image_column: str,
         label_column: str,
         image_size: int | None = None,
         mark_for_mixing: bool = False,
         clock: AugmentationClock | None = None,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.transform = transform
+        self.transform = transform if transform is not None else _identity
+        self.batch_transform = batch_transform
         self.clock = clock
         self.image_column = image_column
         self.label_column = label_column
@@ -160,6 +166,11 @@ class ImageBatchTransform:
 
     def _images(self, batch: dict[str, list[Any]]) -> list[torch.Tensor]:
         if PIXELS_COLUMN in batch:
+            heights, widths = set(batch[HEIGHT_COLUMN]), set(batch[WIDTH_COLUMN])
+            if len(heights) == 1 and len(widths) == 1:  # one copy for the whole batch
+                h, w = heights.pop(), widths.pop()
+                flat = np.frombuffer(bytearray().join(batch[PIXELS_COLUMN]), dtype=np.uint8)
+                return list(torch.from_numpy(flat).reshape(-1, h, w, 3).permute(0, 3, 1, 2))
             return [
                 cached_to_uint8_chw(p, h, w)
                 for p, h, w in zip(batch[PIXELS_COLUMN], batch[HEIGHT_COLUMN], batch[WIDTH_COLUMN], strict=True)
@@ -188,6 +199,16 @@ class ImageBatchTransform:
                     pixel_values.append(self.transform(img))
             out["pixel_values"] = pixel_values
             out[ROW_COLUMN] = rows
+        if self.batch_transform is not None:
+            shapes = {tuple(p.shape) for p in out["pixel_values"]}
+            if len(shapes) == 1:  # rows of one tensor: datasets hands each example its row
+                out["pixel_values"] = self.batch_transform(torch.stack(out["pixel_values"]))
+            else:
+                out["pixel_values"] = [self.batch_transform(p) for p in out["pixel_values"]]
         if self.mark_for_mixing:
             out[MIX_MARKER] = [True] * len(images)
         return out
+
+
+def _identity(image: torch.Tensor) -> torch.Tensor:
+    return image
