@@ -251,8 +251,9 @@ def main() -> None:
         for variant in variants:
             med = {k: statistics.median(r[k] for r in runs[variant]) for k in runs[variant][0]}
             per_rep = ", ".join(f"{r['images_per_second']:.0f}" for r in runs[variant])
+            ratio = med["images_per_second"] / plain_ips
             rows.append(
-                f"| {recipe} | {variant} | {med['images_per_second']:,.0f} | {med['images_per_second'] / plain_ips:.2f}x "
+                f"| {recipe} | {variant} | {med['images_per_second']:,.0f} | {ratio:.2f}x "
                 f"| [{per_rep}] | {med['first_step_from_start']:.2f} | {med['first_step_after_imports']:.2f} "
                 f"| {med['peak_rss_mib']:,.0f} |"
             )

@@ -29,6 +29,7 @@ from transformers import (
     ViTImageProcessor,
     set_seed,
 )
+from transformers.hf_argparser import string_to_bool
 
 import sigreg_hf.models as models  # registers the sigreg-* model types with the Auto classes
 from sigreg_hf.checkpoints import OutputDirectoryInUseError, resolve_resume
@@ -41,6 +42,7 @@ from sigreg_hf.experiments.optim import OptimizerFactory, build_lr_scheduler, bu
 from sigreg_hf.experiments.recipes import RecipeError, list_recipes, load_recipe, recipes_dir
 from sigreg_hf.experiments.record import RunRecord
 from sigreg_hf.experiments.run_outputs import write_run_outputs
+from sigreg_hf.experiments.sync_batchnorm import CrossRankBatchNorm, convert_sync_batchnorm, should_sync_batchnorm
 from sigreg_hf.experiments.train_args import DataArguments, ModelArguments, OptimArguments, RunArguments
 from sigreg_hf.launch import LaunchError
 from sigreg_hf.soft_targets import soft_target_loss
@@ -80,6 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default=None)
     pre.add_argument("--list_recipes", nargs="?", const=True, default=False)
+    pre.add_argument("--fast", nargs="?", const="true", default="false")
     known, _ = pre.parse_known_args(argv)
     if known.list_recipes not in (False, "false", "False", "0"):
         names = list_recipes()
@@ -96,6 +99,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
         defaults["output_dir"] = os.path.join("runs", Path(known.recipe).stem)
     else:
         defaults["output_dir"] = os.path.join("runs", "train")
+    if string_to_bool(known.fast):
+        defaults.update(FAST_PATH_DEFAULTS)
+        if not torch.cuda.is_available():
+            defaults["use_cpu"] = True  # bf16 autocast on a machine without a GPU (TrainingArguments asks for it)
     if not torch.cuda.is_available():
         defaults["dataloader_pin_memory"] = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -109,7 +116,23 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
     except ValueError as err:  # a field's own validation (sigreg_*, train_subset, ...): one line, no traceback
         raise UsageError(str(err)) from err
     check_sizes(parsed[0])
+    args = parsed[0]
+    if args.dataloader_persistent_workers and args.dataloader_num_workers == 0:
+        args.dataloader_persistent_workers = False  # --fast's default; a DataLoader without workers has none to keep
+    if args.bf16 and args.fp16:
+        raise UsageError("--bf16 and --fp16 are both on (--fast turns on --bf16): pass --bf16 false or drop --fp16.")
     return parsed
+
+
+#: What ``--fast`` turns on: defaults below the command line (an option given there wins), above the recipe.
+FAST_PATH_DEFAULTS: dict[str, Any] = {
+    "bf16": True,  # autocast; the SIGReg statistics and the soft-target loss stay float32
+    "torch_compile": True,
+    "channels_last": True,
+    "fused_optimizer": True,
+    "device_augmentation": True,
+    "dataloader_persistent_workers": True,
+}
 
 
 #: TrainingArguments options this command does not use (it builds its own optimiser and schedule), with the
@@ -198,6 +221,7 @@ def optimizer_kwargs(args: SIGRegConfig, optim_args: OptimArguments) -> dict[str
         "aux_betas": (optim_args.aux_adam_beta1, optim_args.aux_adam_beta2),
         "aux_weight_decay": optim_args.aux_weight_decay,
         "aux_eps": optim_args.aux_adam_epsilon,
+        "fused": optim_args.fused_optimizer,
     }
 
 
@@ -321,6 +345,11 @@ def run_settings(
         "sigreg_sketch_type": args.sigreg_sketch_type if args.sigreg_mode != "none" else None,
         "sigreg_taps": trainer.regulariser.describe() if trainer.regulariser is not None else None,
         "task_loss_scale": optim_args.task_loss_scale,
+        "speed_options": {
+            "bf16": args.bf16, "torch_compile": args.torch_compile, "channels_last": model_args.channels_last,
+            "fused_optimizer": optim_args.fused_optimizer, "device_augmentation": data_args.device_augmentation,
+            "sync_batchnorm": any(isinstance(m, CrossRankBatchNorm) for m in trainer.model.modules()),
+        },
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps > 0 else None,
         "epochs_completed": round(float(trainer.state.epoch or 0.0), 4),
@@ -416,10 +445,17 @@ def run(
                 cutmix_alpha=data_args.cutmix_alpha,
                 mix_prob=data_args.mix_prob,
                 mix_switch_prob=data_args.mix_switch_prob,
+                device_augmentation=data_args.device_augmentation,
             )
         except ValueError as err:  # labels, images, subset sizes: one line naming the row, file or value
             raise UsageError(str(err)) from err
     model = build_model(model_args, data)
+    if should_sync_batchnorm(model, args.world_size, model_args.sync_batchnorm):
+        model = convert_sync_batchnorm(model)  # before the Trainer wraps it in DDP
+        logger.info("BatchNorm statistics over the global batch of %d processes (--sync_batchnorm %s).",
+                    args.world_size, model_args.sync_batchnorm)
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     processor = build_image_processor(data)
     steps_per_epoch, total_steps, horizon = schedule_steps(args, optim_args, len(data.train))
     trainer_kwargs = optimizer_and_schedule(
@@ -436,7 +472,14 @@ def run(
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if data.eval is not None else None,
         train_metric_name="train_top1_vs_dominant_label" if data_args.mix else "train_top1",
         task_loss_scale=optim_args.task_loss_scale,
-        callbacks=([AugmentationEpochCallback(data.clock)] if data.clock is not None else []) + list(callbacks),
+        callbacks=(
+            [AugmentationEpochCallback(data.clock, workers_use_clock=data.batch_augmentation is None)]
+            if data.clock is not None else []
+        ) + list(callbacks),
+        batch_augmentation=data.batch_augmentation,
+        device_mixer=data.collator if data.mix_on_device else None,
+        clock=data.clock,
+        channels_last=model_args.channels_last,
         compute_loss_func=soft_target_loss if data_args.mix else None,
         **trainer_kwargs,
     )

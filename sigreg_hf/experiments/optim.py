@@ -118,6 +118,7 @@ def build_optimizer(
     aux_betas: tuple[float, float] = (0.9, 0.95),
     aux_weight_decay: float | None = None,
     aux_eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build one optimizer for ``model``.
 
@@ -126,6 +127,8 @@ def build_optimizer(
             ``eps``) or ``"muon"`` (Muon on the selected matrices at ``learning_rate`` + AdamW on the rest
             at ``aux_learning_rate`` / ``aux_betas`` / ``aux_weight_decay`` (default ``weight_decay``)).
         learning_rate: base lr (Muon's for ``"muon"``).
+        fused: torch's fused kernels for SGD / AdamW (one kernel for all parameters instead of a loop of
+            ``foreach`` ops; the same update up to float rounding). Muon (timm's) has none and ignores it.
 
     Raises:
         ValueError: unknown name or invalid hyper-parameters; ``"muon"`` with no matrix parameters.
@@ -139,10 +142,12 @@ def build_optimizer(
         raise ValueError("The model has no trainable parameters.")
     if name == "sgd":
         groups = _decay_groups(named, weight_decay, no_decay_bias_norm)
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov and momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=learning_rate, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused or None
+        )
     if name == "adamw":
         groups = _decay_groups(named, weight_decay, no_decay_bias_norm)
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, fused=fused or None)
 
     from timm.optim import Muon
 

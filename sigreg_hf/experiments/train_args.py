@@ -35,6 +35,17 @@ class ModelArguments:
         default=None,
         metadata={"help": "Start from a saved model folder (from_pretrained) instead of random init."},
     )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Keep a convolutional model's weights and inputs in channels-last memory layout (faster "
+                  "convolutions on GPUs with tensor cores; same values). --fast turns it on."},
+    )
+    sync_batchnorm: str = field(
+        default="auto",
+        metadata={"help": "Batch-norm statistics over the global batch of all processes: 'auto' (on when more than "
+                  "one process trains a model with BatchNorm, as the paper's one-GPU batch of 128 saw), 'true', "
+                  "'false' (each process normalises its own share).", "choices": ["auto", "true", "false"]},
+    )
 
 
 @dataclass
@@ -87,6 +98,12 @@ class DataArguments:
     cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(alpha, alpha)."})
     mix_prob: float = field(default=1.0, metadata={"help": "Probability that a training batch is mixed."})
     mix_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix (else MixUp)."})
+    device_augmentation: bool = field(
+        default=False,
+        metadata={"help": "DataLoader workers only read uint8 images; crop, flip, RandAugment, normalisation and "
+                  "CutMix/MixUp run on whole batches on the training device (the same distributions as the "
+                  "per-image pipeline, other random draws). --fast turns it on."},
+    )
 
     def __post_init__(self) -> None:
         if self.mean_std != "dataset" and self.mean_std not in MEAN_STD_PRESETS:
@@ -144,6 +161,11 @@ class OptimArguments:
         default=None,
         metadata={"help": "Cosine horizon in epochs (default: the run's length); e.g. 400 while training 2."},
     )
+    fused_optimizer: bool = field(
+        default=False,
+        metadata={"help": "torch's fused SGD / AdamW kernels (same update up to float rounding; Muon has none). "
+                  "--fast turns it on."},
+    )
     task_loss_scale: float = field(
         default=1.0,
         metadata={"help": "Multiplies the training loss of a sigreg_mode 'none' run: the reference's baselines "
@@ -156,6 +178,13 @@ class RunArguments:
     """Recipe selection, bookkeeping and outputs."""
 
     recipe: str | None = field(default=None, metadata={"help": "Recipe name (see --list_recipes) or YAML path."})
+    fast: bool = field(
+        default=False,
+        metadata={"help": "The fast path: turns on every speed option not set on the command line: --bf16 "
+                  "(autocast; SIGReg statistics stay float32), --torch_compile, --channels_last, --fused_optimizer, "
+                  "--device_augmentation, persistent DataLoader workers (and pinned memory on a GPU). See "
+                  "docs/benchmarks.md for what each changes."},
+    )
     list_recipes: bool = field(default=False, metadata={"help": "Print the recipe names and exit."})
     overwrite_output_dir: bool = field(
         default=False,

@@ -29,14 +29,16 @@ class AugmentationEpochCallback(TrainerCallback):
     an epoch, in the main process or in (non-persistent) workers, sees that epoch.
     """
 
-    def __init__(self, clock: AugmentationClock) -> None:
+    def __init__(self, clock: AugmentationClock, *, workers_use_clock: bool = True) -> None:
         self.clock = clock
+        #: False when augmentation runs in the main process (device augmentation): persistent workers are fine.
+        self.workers_use_clock = workers_use_clock
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+        if self.workers_use_clock and args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
             raise ValueError(
-                "Keyed augmentation needs the workers to see each new epoch: use "
-                "dataloader_persistent_workers=False (the default) or keyed_augmentation=False."
+                "Keyed augmentation needs the workers to see each new epoch: use dataloader_persistent_workers=False "
+                "(the default), device_augmentation=True or keyed_augmentation=False."
             )
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

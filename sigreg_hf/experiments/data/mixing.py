@@ -47,6 +47,8 @@ class ImageClassificationCollator:
             seed), so runs are reproducible and workers/ranks/epochs differ; when None, torch's global RNG.
         clock: when given (and the features carry their :data:`ROW_COLUMN`), each batch's mixing is seeded
             by ``(clock seed, epoch, the batch's rows)``: a resumed run mixes exactly as the uninterrupted one.
+        keep_rows: put the features' :data:`ROW_COLUMN` into unmixed batches (a list of ints), for augmentation
+            and mixing keyed by row on the training device (the trainer removes it before the model sees it).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ImageClassificationCollator:
         switch_prob: float = 0.5,
         seed: int | None = None,
         clock: AugmentationClock | None = None,
+        keep_rows: bool = False,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
@@ -77,6 +80,7 @@ class ImageClassificationCollator:
         self.cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
         self.seed = seed
         self.clock = clock
+        self.keep_rows = keep_rows
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
         self.last_choice: str | None = None  # "cutmix" | "mixup" | "none" for the latest training batch
@@ -141,7 +145,7 @@ class ImageClassificationCollator:
             raise ValueError(f"Got {len(rows)} rows for a batch of {labels.shape[0]}.")
         return self._apply_mix(pixel_values, labels, rows)
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise ValueError("Empty batch.")
         pixel_values = torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])
@@ -155,7 +159,10 @@ class ImageClassificationCollator:
         if self.mix and is_train:
             pixel_values, soft = self.mix_batch(pixel_values, labels, rows)
             return {"pixel_values": pixel_values, "labels": soft}
-        return {"pixel_values": pixel_values, "labels": labels}
+        batch = {"pixel_values": pixel_values, "labels": labels}
+        if self.keep_rows and rows is not None:
+            batch[ROW_COLUMN] = rows  # a list of ints: moving the batch to the device leaves it on the host
+        return batch
 
 
 def dominant_label_top1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import datasets
 
+from sigreg_hf.experiments.data.batch_augment import BatchAugmentation
 from sigreg_hf.experiments.data.cache import class_balanced_subset, compute_mean_std, decode_images
 from sigreg_hf.experiments.data.clock import add_row_column
 from sigreg_hf.experiments.data.loading import DEFAULT_DATASET, load_image_classification_dataset
@@ -40,6 +41,10 @@ class PreparedImageData:
     source: str
     #: Keys the training augmentation by (seed, epoch, row); advance it with AugmentationEpochCallback.
     clock: AugmentationClock | None = None
+    #: With ``device_augmentation``: the batched training augmentation the trainer applies on its device (the
+    #: training batches hold uint8 images and their rows); the collator's ``mix_batch`` then mixes there too.
+    batch_augmentation: BatchAugmentation | None = None
+    mix_on_device: bool = False
 
 
 def prepare_image_classification_data(
@@ -71,6 +76,7 @@ def prepare_image_classification_data(
     mix_switch_prob: float = 0.5,
     keyed_augmentation: bool = True,
     local_copy: bool = True,
+    device_augmentation: bool = False,
 ) -> PreparedImageData:
     """Load, optionally subset and decode-cache, and attach lazy transforms to train/eval splits.
 
@@ -81,7 +87,10 @@ def prepare_image_classification_data(
     only the images used are decoded (and cached). With ``keyed_augmentation`` (default) the training
     augmentation and mixing are seeded by ``(seed, epoch, row)`` (see :class:`AugmentationClock`): add
     ``AugmentationEpochCallback(prepared.clock)`` to the Trainer so that a resumed run is exact. ``local_copy``:
-    see :func:`~sigreg_hf.experiments.data.loading.load_image_classification_dataset`.
+    see :func:`~sigreg_hf.experiments.data.loading.load_image_classification_dataset`. With ``device_augmentation``
+    the training examples are the decoded uint8 images (and their rows) and ``prepared.batch_augmentation`` /
+    ``prepared.collator.mix_batch`` augment and mix whole batches on the training device (see
+    :class:`~sigreg_hf.experiments.image_trainer.ImageClassificationTrainer`).
     """
     raw = load_image_classification_dataset(
         dataset_name,
@@ -134,14 +143,22 @@ def prepare_image_classification_data(
     clock = AugmentationClock(seed) if keyed_augmentation else None
     if clock is not None:
         train = add_row_column(train)
-    train = train.with_transform(
-        ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, batch_transform=normalize, **common)
-    )
+    batch_augmentation = None
+    if device_augmentation:
+        batch_augmentation = BatchAugmentation(
+            mean=mean_t, std=std_t, crop_size=image_size, padding=crop_padding, hflip=hflip,
+            randaugment_num_ops=randaugment_num_ops, randaugment_magnitude=randaugment_magnitude,
+        )
+        train = train.with_transform(ImageBatchTransform(None, **common))  # uint8 images (and rows) only
+    else:
+        train = train.with_transform(
+            ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, batch_transform=normalize, **common)
+        )
     if eval_ds is not None:
         eval_ds = eval_ds.with_transform(ImageBatchTransform(None, batch_transform=normalize, **common))
     collator = ImageClassificationCollator(
-        raw.num_classes, mix=mix, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
-        switch_prob=mix_switch_prob, seed=seed, clock=clock,
+        raw.num_classes, mix=mix and not device_augmentation, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+        prob=mix_prob, switch_prob=mix_switch_prob, seed=seed, clock=clock, keep_rows=device_augmentation,
     )
     return PreparedImageData(
         train=train,
@@ -156,4 +173,6 @@ def prepare_image_classification_data(
         label_column=raw.label_column,
         source=raw.source,
         clock=clock,
+        batch_augmentation=batch_augmentation,
+        mix_on_device=mix and device_augmentation,
     )

@@ -186,6 +186,8 @@ class ImageBatchTransform:
         out: dict[str, list[Any]] = {"labels": [int(y) for y in batch[self.label_column]]}
         if self.clock is None:
             out["pixel_values"] = [self.transform(img) for img in images]
+            if ROW_COLUMN in batch:  # passed on for augmentation keyed later (on the training device)
+                out[ROW_COLUMN] = [int(r) for r in batch[ROW_COLUMN]]
         else:
             if ROW_COLUMN not in batch:
                 raise KeyError(f"Keyed augmentation needs the {ROW_COLUMN!r} column (see add_row_column).")
