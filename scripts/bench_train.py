@@ -16,8 +16,9 @@ For every recipe, two variants run in fresh processes, in rotating order, ``--re
 Reported per variant (median over repeats): training images/s over the steps after ``--warmup``; time to first
 step, from the process's start (imports included) and from the end of the imports, to the end of the first
 optimiser step; the main process's peak resident memory. Both variants read the dataset's decoded-image
-cache, which the first (untimed) preparation builds if it is missing. ``--fast`` adds the project's fast
-path (``--fast true``) as a third variant.
+cache, which the first (untimed) preparation builds if it is missing. The project's fast
+path (``--fast true``) when ``--variants`` names ``fast``; ``--estimate_table`` turns the measured rates into the
+training hours of all 27 recipes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -50,6 +52,7 @@ def _peak_rss_mib() -> float:
 
 # ------------------------------------------------------------------------------------------ workers
 def run_project(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]:
+    import torch
     from transformers import TrainerCallback
 
     from sigreg_hf.experiments import cli_train
@@ -59,6 +62,8 @@ def run_project(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]
             self.times: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.times.append(time.time())
 
     clock = StepClock()
@@ -71,6 +76,7 @@ def run_project(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]
             "--dataloader_num_workers", str(opts.num_workers), "--seed", "0",
             "--per_device_train_batch_size", str(opts.batch_size), "--disable_tqdm", "true",
             *(["--fast", "true"] if opts.variant == "fast" else []),
+            *shlex.split(opts.project_args),
         ]
         cli_train.run(cli_train.parse_args(argv), callbacks=[clock])
     return _timing(clock.times, opts, imports_done)
@@ -118,11 +124,13 @@ def run_plain(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]:
             [v2.CutMix(alpha=recipe["cutmix_alpha"], num_classes=raw.num_classes),
              v2.MixUp(alpha=recipe["mixup_alpha"], num_classes=raw.num_classes)]
         )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = torch.utils.data.DataLoader(
-        InMemory(), batch_size=opts.batch_size, shuffle=True, num_workers=opts.num_workers, drop_last=True
+        InMemory(), batch_size=opts.batch_size, shuffle=True, num_workers=opts.num_workers, drop_last=True,
+        pin_memory=device.type == "cuda",
     )
     overrides = dict(recipe.get("model_overrides") or {})
-    model = models.create_model(recipe["model_name"], num_classes=raw.num_classes, **overrides)
+    model = models.create_model(recipe["model_name"], num_classes=raw.num_classes, **overrides).to(device)
     decay = recipe.get("weight_decay", 0.0)
     if recipe["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(
@@ -138,6 +146,7 @@ def run_plain(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]:
         for x, y in loader:
             if mixer is not None:
                 x, y = mixer(x, y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(pixel_values=x).logits
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -145,6 +154,8 @@ def run_plain(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]:
             if clip and clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # a step's time, not its launch (the project's clock syncs the same way)
             times.append(time.time())
             if len(times) == opts.steps:
                 break
@@ -183,7 +194,7 @@ def spawn(opts: argparse.Namespace, recipe: str, variant: str) -> dict[str, Any]
         sys.executable, __file__, "--worker", variant, "--recipe", recipe, "--dataset_name", opts.dataset_name,
         "--mean_std", opts.mean_std, "--steps", str(opts.steps), "--warmup", str(opts.warmup),
         "--batch_size", str(opts.batch_size), "--num_workers", str(opts.num_workers),
-        "--threads", str(opts.threads), "--spawned_at", repr(time.time()),
+        "--threads", str(opts.threads), "--spawned_at", repr(time.time()), "--project_args", opts.project_args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
@@ -219,7 +230,11 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers, both variants.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process, both variants.")
-    parser.add_argument("--fast", action="store_true", help="Also run the project's --fast path.")
+    parser.add_argument("--variants", nargs="+", default=["project", "plain"], choices=["project", "plain", "fast"],
+                        help="What to run: project (the recipe as is), plain (the plain loop), fast (--fast).")
+    parser.add_argument("--project_args", default="", help="Extra scripts/train.py options for project/fast.")
+    parser.add_argument("--estimate_table", action="store_true",
+                        help="Estimate the training time of all 27 recipes from the measured rates (by model).")
     parser.add_argument("--output", default=None, help="Also write the Markdown table to this file.")
     parser.add_argument("--worker", choices=["project", "plain", "fast"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--recipe", default=None, help=argparse.SUPPRESS)
@@ -230,13 +245,14 @@ def main() -> None:
         worker(opts)
         return
 
-    variants = ["project", "plain"] + (["fast"] if opts.fast else [])
+    variants = list(dict.fromkeys(opts.variants))
     print(machine_line())
     print(f"steps {opts.steps} (warmup {opts.warmup}), batch {opts.batch_size}, {opts.num_workers} DataLoader workers, "
           f"{opts.threads} torch thread(s) per process, {opts.repeats} repeats, rotating order", flush=True)
     # prepare (and cache) the data once, untimed
     spawn(argparse.Namespace(**{**vars(opts), "steps": 2, "warmup": 0}), opts.recipes[0], "project")
     rows: list[str] = []
+    rates: dict[str, dict[str, float]] = {}
     for recipe in opts.recipes:
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for rep in range(opts.repeats):
@@ -247,7 +263,11 @@ def main() -> None:
                 print(f"  {recipe} {variant} repeat {rep}: {r['images_per_second']:.0f} images/s, first step "
                       f"{r['first_step_from_start']:.2f} s ({r['first_step_after_imports']:.2f} s after imports), "
                       f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
-        plain_ips = statistics.median(r["images_per_second"] for r in runs["plain"])
+        baseline = "plain" if "plain" in runs else variants[0]
+        plain_ips = statistics.median(r["images_per_second"] for r in runs[baseline])
+        rates.setdefault(recipe, {}).update(
+            {v: statistics.median(r["images_per_second"] for r in runs[v]) for v in variants}
+        )
         for variant in variants:
             med = {k: statistics.median(r[k] for r in runs[variant]) for k in runs[variant][0]}
             per_rep = ", ".join(f"{r['images_per_second']:.0f}" for r in runs[variant])
@@ -258,14 +278,57 @@ def main() -> None:
                 f"| {med['peak_rss_mib']:,.0f} |"
             )
     table = "\n".join([
-        "| recipe | variant | train images/s | vs plain | per repeat | first step from start (s) "
+        f"| recipe | variant | train images/s | vs {'plain' if 'plain' in variants else variants[0]} "
+        "| per repeat | first step from start (s) "
         "| first step after imports (s) | peak RSS main process (MiB) |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
+    if opts.estimate_table:
+        table += "\n\n" + estimate_table(rates)
     print(table)
     if opts.output:
         Path(opts.output).write_text(machine_line() + "\n\n" + table + "\n")
+
+
+#: A model not measured takes the rate of a similar one: the first-round ViT (6 blocks of 256) that of the Peak
+#: ViT (9 blocks of 192, the same patch size and tokens).
+ESTIMATE_STAND_INS = {"vit_rope": "vit_peak"}
+
+
+def estimate_table(rates: dict[str, dict[str, float]], train_images: int = 50_000) -> str:
+    """Training hours of every recipe (its epochs x 50,000 CIFAR-100 images) at the measured rate of its model.
+
+    Each recipe takes the median rate of a measured recipe with the same model (its fastest variant); models
+    not measured are listed without an estimate. Evaluation and start-up are not counted.
+    """
+    from sigreg_hf.experiments.recipes import list_recipes, load_recipe
+
+    by_model: dict[str, tuple[float, str]] = {}
+    for recipe, per_variant in rates.items():
+        variant, rate = max(per_variant.items(), key=lambda kv: kv[1])
+        by_model[load_recipe(recipe)["model_name"]] = (rate, f"{recipe} {variant}")
+    for model, stand_in in ESTIMATE_STAND_INS.items():
+        if model not in by_model and stand_in in by_model:
+            rate, source = by_model[stand_in]
+            by_model[model] = (rate, f"{source} (stand-in: {model} not measured)")
+    lines = ["| recipe | epochs | rate used (images/s) | from | hours |", "|---|---|---|---|---|"]
+    total, missing = 0.0, []
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        epochs = recipe["num_train_epochs"]
+        if recipe["model_name"] not in by_model:
+            missing.append(name)
+            lines.append(f"| {name} | {epochs} | | not measured | |")
+            continue
+        rate, source = by_model[recipe["model_name"]]
+        hours = epochs * train_images / rate / 3600
+        total += hours
+        lines.append(f"| {name} | {epochs} | {rate:,.0f} | {source} | {hours:.2f} |")
+    lines.append(f"| **all measured recipes** | | | | **{total:.1f}** |")
+    if missing:
+        lines.append(f"\n{len(missing)} recipes have no measured model: {', '.join(missing)}.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

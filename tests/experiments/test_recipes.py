@@ -190,11 +190,13 @@ def test_mlp_mix_rows_apply_randaugment_after_crop_and_flip(name: str, synthetic
         randaugment_num_ops=r["randaugment_num_ops"], randaugment_magnitude=r["randaugment_magnitude"],
         mean_std=r["mean_std"], mix=r["mix"],
     )  # fmt: skip
-    steps = data.train.format["format_kwargs"]["transform"].transform.transforms
-    assert [type(t) for t in steps] == [v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandAugment, v2.ToDtype,
-                                        v2.Normalize]  # fmt: skip
+    batch_transform = data.train.format["format_kwargs"]["transform"]
+    steps = batch_transform.transform.transforms  # per image, on uint8
+    assert [type(t) for t in steps] == [v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandAugment]
     assert (steps[2].num_ops, steps[2].magnitude) == (2, 9) and steps[0].padding == [4, 4, 4, 4]
-    assert tuple(steps[4].mean) == PEAK[0] and tuple(steps[4].std) == PEAK[1]
+    normalize = batch_transform.batch_transform.transforms  # then once per batch
+    assert [type(t) for t in normalize] == [v2.ToDtype, v2.Normalize]
+    assert tuple(normalize[1].mean) == PEAK[0] and tuple(normalize[1].std) == PEAK[1]
 
 
 def test_unknown_fields_and_missing_recipes_are_clear_errors(tmp_path: Path) -> None:
