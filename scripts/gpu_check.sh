@@ -6,7 +6,7 @@
 #   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh /tmp/rehearsal   # the same steps, tiny, on a CPU (rehearsal)
 #
 # 1. scripts/bench_losses.py on the device (CUDA events), the default shapes.
-# 2. scripts/bench_train.py for resnet18_sgd_none and vitpeak_adamw_mix_none: the recipe as is (fp32, eager,
+# 2. scripts/bench_train.py for resnet18_sgd_none, vitpeak_adamw_mix_none and mlp_sgd_none: the recipe as is (fp32, eager,
 #    per-image augmentation in DataLoader workers) against --fast, images/s, and the whole table's training hours
 #    estimated from the measured rates.
 # 3. One real epoch of resnet18_sgd_mix_weak with --fast and evaluation (results.json kept).
@@ -57,9 +57,9 @@ log "1/3 bench_losses ($DEVICE)"
 timeout 150 python scripts/bench_losses.py --device "$DEVICE" $LOSS_ARGS --output "$OUT_DIR/bench_losses.md" \
   > "$WORK/bench_losses.out" 2>&1 || log "bench_losses failed or timed out: $(tail -n 3 "$WORK/bench_losses.out")"
 
-log "2/3 bench_train resnet18 / vitpeak: recipe as is vs --fast"
+log "2/3 bench_train resnet18 / vitpeak / mlp: recipe as is vs --fast"
 timeout 330 python scripts/bench_train.py --dataset_name "$DATASET" --mean_std cifar10 \
-  --recipes resnet18_sgd_none vitpeak_adamw_mix_none --variants project fast --repeats 1 \
+  --recipes resnet18_sgd_none vitpeak_adamw_mix_none mlp_sgd_none --variants project fast --repeats 1 \
   --steps "$STEPS" --warmup "$WARMUP" --num_workers "$WORKERS" --threads 4 --estimate_table \
   --project_args "$PROJECT_ARGS" --output "$OUT_DIR/bench_train.md" 2>&1 | tee "$WORK/bench_train.out" \
   || log "bench_train failed or timed out"

@@ -181,9 +181,9 @@ class RunArguments:
     fast: bool = field(
         default=False,
         metadata={"help": "The fast path: turns on every speed option not set on the command line: --bf16 "
-                  "(autocast; SIGReg statistics stay float32), --torch_compile, --channels_last, --fused_optimizer, "
-                  "--device_augmentation, persistent DataLoader workers (and pinned memory on a GPU). See "
-                  "docs/benchmarks.md for what each changes."},
+                  "(autocast; SIGReg statistics stay float32) and --channels_last (both on a GPU only), "
+                  "--torch_compile, --fused_optimizer, --device_augmentation, persistent DataLoader workers. See "
+                  "README 'Speed' and docs/benchmarks.md for what each changes."},
     )
     list_recipes: bool = field(default=False, metadata={"help": "Print the recipe names and exit."})
     overwrite_output_dir: bool = field(

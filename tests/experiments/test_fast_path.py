@@ -33,13 +33,17 @@ SPEED = ("bf16", "torch_compile", "channels_last", "fused_optimizer", "device_au
 def test_fast_turns_on_every_speed_option_and_the_command_line_wins(tmp_path: Path) -> None:
     base = ["--recipe", "resnet18_sgd_mix_weak", "--output_dir", str(tmp_path)]
     args, model_args, data_args, optim_args, _ = parse_args([*base, "--fast"])
-    assert args.bf16 and args.torch_compile and args.torch_compile_backend == "inductor"
-    assert model_args.channels_last and optim_args.fused_optimizer and data_args.device_augmentation
+    assert args.torch_compile and args.torch_compile_backend == "inductor"
+    assert optim_args.fused_optimizer and data_args.device_augmentation
     assert args.dataloader_persistent_workers and args.dataloader_num_workers > 0
+    on_gpu = torch.cuda.is_available()  # bf16 and channels-last: on a GPU only, unless given
+    assert args.bf16 == on_gpu and model_args.channels_last == on_gpu
+    args, model_args, *_ = parse_args([*base, "--fast", "--bf16", "true", "--channels_last", "true"])
+    assert args.bf16 and model_args.channels_last
     args, model_args, data_args, optim_args, _ = parse_args(
         [*base, "--fast", "true", "--bf16", "false", "--device_augmentation", "false", "--dataloader_num_workers", "0"]
     )
-    assert not args.bf16 and not data_args.device_augmentation and args.torch_compile and model_args.channels_last
+    assert not args.bf16 and not data_args.device_augmentation and args.torch_compile and optim_args.fused_optimizer
     assert not args.dataloader_persistent_workers  # no workers to keep
     args, model_args, data_args, optim_args, _ = parse_args(base)
     assert not (args.bf16 or args.torch_compile or model_args.channels_last or optim_args.fused_optimizer)
@@ -51,7 +55,8 @@ def test_fast_path_trains_end_to_end_and_records_its_options(synthetic_cifar100:
     out = tmp_path / "run"
     record = main(
         ["--recipe", "resnet18_sgd_mix_weak", "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out),
-         "--fast", "--torch_compile_backend", "aot_eager", "--model_overrides", json.dumps(SMALL_RESNET), *SMALL]
+         "--fast", "--bf16", "true", "--channels_last", "true", "--torch_compile_backend", "aot_eager",
+         "--model_overrides", json.dumps(SMALL_RESNET), *SMALL]
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["speed_options"] == {name: True for name in SPEED} | {"sync_batchnorm": False}

@@ -198,6 +198,24 @@ def test_two_process_cpu_ddp_run(launcher: str, synthetic_cifar100: Path, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_resnet_run_syncs_batchnorm(synthetic_cifar100: Path, tmp_path: Path) -> None:
+    """--sync_batchnorm auto: a BatchNorm model under 2-process DDP (gloo) normalises over the global batch."""
+    out = tmp_path / "ddp_bn"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+           str(REPO_ROOT / "accelerate_configs" / "cpu_2proc.yaml"), str(TRAIN_SCRIPT),
+           "--recipe", "resnet18_sgd_mix_weak", "--dataset_name", str(synthetic_cifar100), "--output_dir", str(out),
+           "--model_overrides", '{"stem_width": 8, "widths": [8, 8, 16, 16]}', *SMALL]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["speed_options"]["sync_batchnorm"] is True
+    assert "BatchNorm statistics over the global batch of 2 processes" in proc.stderr
+    reloaded = AutoModelForImageClassification.from_pretrained(out)  # saved as plain BatchNorm layers
+    assert any(type(m) is torch.nn.BatchNorm2d for m in reloaded.modules())
+
+
+@pytest.mark.slow
 def test_mlp_recipe_learns_real_cifar10(tmp_path: Path) -> None:
     """Short MLP run on the genuine CIFAR-10 (../shared/data): test accuracy well above chance (10%)."""
     if not CIFAR10_TARBALL.exists():
