@@ -14,6 +14,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_datasets_cache(tmp_path_factory: pytest.TempPathFactory):
+    """datasets' cache (and the local-folder copies beside it) in a session folder, not the user's HF cache.
+
+    Set for this process (``datasets.config``) and for the commands the tests start (``HF_DATASETS_CACHE``).
+    """
+    import os
+
+    import datasets
+
+    cache = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    previous_config, previous_env = datasets.config.HF_DATASETS_CACHE, os.environ.get("HF_DATASETS_CACHE")
+    datasets.config.HF_DATASETS_CACHE = Path(cache)
+    os.environ["HF_DATASETS_CACHE"] = cache
+    yield cache
+    datasets.config.HF_DATASETS_CACHE = previous_config
+    if previous_env is None:
+        os.environ.pop("HF_DATASETS_CACHE", None)
+    else:
+        os.environ["HF_DATASETS_CACHE"] = previous_env
+
+
 @pytest.fixture(scope="session")
 def synthetic_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder ``data/{train,test}-00000-of-00001.parquet`` with columns img / fine_label / coarse_label.

@@ -41,16 +41,16 @@ def folder_fingerprint(folder: str | os.PathLike[str], *, extra: str = "") -> tu
     root = Path(folder).resolve()
     digest = hashlib.blake2b(f"{COPY_FORMAT}|{root}|{extra}".encode(), digest_size=16)
     entries: list[str] = []
-    stack = [root]
+    stack = [(str(root), "")]  # (directory, its path relative to root with a trailing "/")
     while stack:
-        directory = stack.pop()
+        directory, relative = stack.pop()
         with os.scandir(directory) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
+                    stack.append((entry.path, f"{relative}{entry.name}/"))
                 else:
                     st = entry.stat(follow_symlinks=True)
-                    entries.append(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}")
+                    entries.append(f"{relative}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}")
     entries.sort()
     for line in entries:
         digest.update(line.encode("utf-8", "surrogateescape"))
