@@ -129,7 +129,8 @@ def run_plain(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]:
         InMemory(), batch_size=opts.batch_size, shuffle=True, num_workers=opts.num_workers, drop_last=True,
         pin_memory=device.type == "cuda",
     )
-    overrides = dict(recipe.get("model_overrides") or {})
+    overrides = recipe.get("model_overrides") or {}
+    overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
     model = models.create_model(recipe["model_name"], num_classes=raw.num_classes, **overrides).to(device)
     decay = recipe.get("weight_decay", 0.0)
     if recipe["optimizer"] == "sgd":
