@@ -36,6 +36,7 @@ from sigreg_hf.checkpoints import OutputDirectoryInUseError, resolve_resume
 from sigreg_hf.config import SIGRegConfig
 from sigreg_hf.experiments.data import DatasetUnavailableError, PreparedImageData, prepare_image_classification_data
 from sigreg_hf.experiments.data.clock import AugmentationEpochCallback
+from sigreg_hf.experiments.host_memory import retain_freed_memory
 from sigreg_hf.experiments.image_trainer import ImageClassificationTrainer
 from sigreg_hf.experiments.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.experiments.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
@@ -352,6 +353,7 @@ def run_settings(
             "bf16": args.bf16, "torch_compile": args.torch_compile, "channels_last": model_args.channels_last,
             "fused_optimizer": optim_args.fused_optimizer, "device_augmentation": data_args.device_augmentation,
             "sync_batchnorm": any(isinstance(m, CrossRankBatchNorm) for m in trainer.model.modules()),
+            "retain_host_memory": run_args.retain_host_memory,
         },
         "epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps > 0 else None,
@@ -414,6 +416,8 @@ def run(
             args.resume_from_checkpoint,
             overwrite_output_dir=run_args.overwrite_output_dir and args.process_index == 0,
         )
+    if run_args.retain_host_memory:
+        run_args.retain_host_memory = retain_freed_memory()  # recorded as applied (False off glibc)
     set_seed(args.seed)
     eval_split = None if data_args.eval_split.lower() in ("none", "") else data_args.eval_split
     if eval_split is None:

@@ -27,7 +27,7 @@ SMALL = [
     "--write_plots", "false",
 ]  # fmt: skip
 SMALL_RESNET = {"stem_width": 8, "widths": [8, 8, 16, 16]}
-SPEED = ("bf16", "torch_compile", "channels_last", "fused_optimizer", "device_augmentation")
+SPEED = ("bf16", "torch_compile", "channels_last", "fused_optimizer", "device_augmentation", "retain_host_memory")
 
 
 def test_fast_turns_on_every_speed_option_and_the_command_line_wins(tmp_path: Path) -> None:
@@ -59,7 +59,11 @@ def test_fast_path_trains_end_to_end_and_records_its_options(synthetic_cifar100:
          "--model_overrides", json.dumps(SMALL_RESNET), *SMALL]
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
-    assert results["speed_options"] == {name: True for name in SPEED} | {"sync_batchnorm": False}
+    import platform
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert results["speed_options"] == {name: True for name in SPEED} | {"sync_batchnorm": False,
+                                                                        "retain_host_memory": glibc}
     losses = record.to_dict()["losses"]
     assert all(torch.isfinite(torch.tensor(losses[k])) for k in ("train_loss", "train_task_loss", "train_sigreg_loss"))
     # the saved model is a plain from_pretrained model (compile and channels-last leave no trace in it)
@@ -240,3 +244,14 @@ def test_no_host_sync_in_the_training_step(recipe: str, extra: list[str], synthe
         model(pixel_values=torch.randn(4, 3, 32, 32))
         regulariser.loss(step=0)
     assert probe.offenders and ("taps.py" in probe.offenders[0] or "losses.py" in probe.offenders[0])
+
+
+def test_retain_freed_memory_sets_glibc_thresholds_and_is_a_no_op_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from sigreg_hf.experiments import host_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert host_memory.retain_freed_memory() is True
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert host_memory.retain_freed_memory() is False
