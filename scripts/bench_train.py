@@ -3,7 +3,8 @@
     python scripts/bench_train.py --dataset_name /tmp/cifar10 --recipes mlp_sgd_none resnet18_sgd_none \
         --steps 120 --warmup 20 --repeats 3
 
-For every recipe, two variants run in fresh processes, in rotating order, ``--repeats`` times each:
+For every recipe, the variants named by ``--variants`` (default ``project plain``) run in fresh processes, in
+rotating order, ``--repeats`` times each:
 
 * ``project``: ``scripts/train.py``'s own code (``cli_train.run``: recipe, ``datasets`` pipeline with the
   decoded-image cache and keyed augmentation, the app's ``ImageClassificationTrainer``), ``--max_steps``
@@ -11,14 +12,16 @@ For every recipe, two variants run in fresh processes, in rotating order, ``--re
 * ``plain``: a seed-style loop: the decoded training images held in memory as one uint8 tensor, the same
   per-image torchvision transforms (crop, flip, RandAugment where the recipe has it) in a ``DataLoader`` with
   the same number of workers, CutMix/MixUp with torchvision where the recipe mixes, the same model from the
-  registry, ``torch.optim`` with the recipe's hyperparameters, gradient clipping where the recipe clips.
+  registry, ``torch.optim`` with the recipe's hyperparameters, gradient clipping where the recipe clips;
+* ``fast``: ``project`` with ``--fast true`` (see the README's "Speed" section).
+
+On a GPU both loops run there (a step is timed after ``torch.cuda.synchronize()``).
 
 Reported per variant (median over repeats): training images/s over the steps after ``--warmup``; time to first
 step, from the process's start (imports included) and from the end of the imports, to the end of the first
 optimiser step; the main process's peak resident memory. Both variants read the dataset's decoded-image
-cache, which the first (untimed) preparation builds if it is missing. The project's fast
-path (``--fast true``) when ``--variants`` names ``fast``; ``--estimate_table`` turns the measured rates into the
-training hours of all 27 recipes.
+cache, which the first (untimed) preparation builds if it is missing. ``--estimate_table`` turns the measured
+rates into the training hours of all 27 recipes.
 """
 
 from __future__ import annotations
