@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine_info import cpu_model  # scripts/ is on the path of a script run from it
 
 from sigreg_hf import draw_projection, draw_sketch, sigreg_strong, sigreg_weak
 from sigreg_hf.reference import seed_sigreg_strong, seed_sigreg_weak
@@ -184,12 +185,7 @@ def measure_peak(loss: str, impl: str, n: int, c: int, device: str) -> int:
 # report
 # ----------------------------------------------------------------------------------------------
 def machine_description(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     lines = [
         f"machine: {cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
         f"python {platform.python_version()}, torch {torch.__version__}",

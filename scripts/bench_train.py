@@ -42,6 +42,8 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from machine_info import cpu_model  # noqa: E402  (scripts/ is on the path of a script run from it)
+
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -78,8 +80,7 @@ def run_project(opts: argparse.Namespace, imports_done: float) -> dict[str, Any]
             "--write_plots", "false", "--save_final_model", "false", "--final_eval", "false",
             "--dataloader_num_workers", str(opts.num_workers), "--seed", "0",
             "--per_device_train_batch_size", str(opts.batch_size), "--disable_tqdm", "true",
-            *(["--fast", "true"] if opts.variant == "fast" else []),
-            *shlex.split(opts.project_args),
+            *(["--fast", "true", *shlex.split(opts.fast_args)] if opts.variant == "fast" else []),
         ]
         cli_train.run(cli_train.parse_args(argv), callbacks=[clock])
     return _timing(clock.times, opts, imports_done)
@@ -198,7 +199,7 @@ def spawn(opts: argparse.Namespace, recipe: str, variant: str) -> dict[str, Any]
         sys.executable, __file__, "--worker", variant, "--recipe", recipe, "--dataset_name", opts.dataset_name,
         "--mean_std", opts.mean_std, "--steps", str(opts.steps), "--warmup", str(opts.warmup),
         "--batch_size", str(opts.batch_size), "--num_workers", str(opts.num_workers),
-        "--threads", str(opts.threads), "--spawned_at", repr(time.time()), "--project_args", opts.project_args,
+        "--threads", str(opts.threads), "--spawned_at", repr(time.time()), "--fast_args", opts.fast_args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
@@ -212,12 +213,7 @@ def machine_line() -> str:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"machine: {cpu}, {os.cpu_count()} logical CPUs, {gpu}; python {platform.python_version()}, "
             f"torch {torch.__version__}, transformers {transformers.__version__}, datasets {datasets.__version__}")
@@ -236,7 +232,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process, both variants.")
     parser.add_argument("--variants", nargs="+", default=["project", "plain"], choices=["project", "plain", "fast"],
                         help="What to run: project (the recipe as is), plain (the plain loop), fast (--fast).")
-    parser.add_argument("--project_args", default="", help="Extra scripts/train.py options for project/fast.")
+    parser.add_argument("--fast_args", default="", help="Extra scripts/train.py options for the fast variant.")
     parser.add_argument("--estimate_table", action="store_true",
                         help="Estimate the training time of all 27 recipes from the measured rates (by model).")
     parser.add_argument("--output", default=None, help="Also write the Markdown table to this file.")

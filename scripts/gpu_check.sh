@@ -47,9 +47,9 @@ log "data: $DATA_NOTE"
 
 if [ "$QUICK" = 1 ]; then
   LOSS_ARGS="--quick --no-memory"; STEPS=8; WARMUP=2; WORKERS=2; EPOCH_ARGS="--max_steps 6 --max_eval_samples 256"
-  PROJECT_ARGS="--torch_compile_backend aot_eager"   # inductor's CPU code generation alone takes minutes
+  FAST_ARGS="--torch_compile_backend aot_eager"   # inductor's CPU code generation alone takes minutes
 else
-  LOSS_ARGS="--no-memory"; STEPS=200; WARMUP=50; WORKERS=12; EPOCH_ARGS="--num_train_epochs 1"; PROJECT_ARGS=""
+  LOSS_ARGS="--no-memory"; STEPS=200; WARMUP=50; WORKERS=12; EPOCH_ARGS="--num_train_epochs 1"; FAST_ARGS=""
 fi
 DEVICE=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 
@@ -61,14 +61,14 @@ log "2/3 bench_train resnet18 / vitpeak / mlp: recipe as is vs --fast"
 timeout 330 python scripts/bench_train.py --dataset_name "$DATASET" --mean_std cifar10 \
   --recipes resnet18_sgd_none vitpeak_adamw_mix_none mlp_sgd_none --variants project fast --repeats 1 \
   --steps "$STEPS" --warmup "$WARMUP" --num_workers "$WORKERS" --threads 4 --estimate_table \
-  --project_args "$PROJECT_ARGS" --output "$OUT_DIR/bench_train.md" 2>&1 | tee "$WORK/bench_train.out" \
+  --fast_args "$FAST_ARGS" --output "$OUT_DIR/bench_train.md" 2>&1 | tee "$WORK/bench_train.out" \
   || log "bench_train failed or timed out"
 
 log "3/3 one epoch of resnet18_sgd_mix_weak --fast with evaluation"
 rm -rf "$WORK/epoch"
 timeout 240 python scripts/train.py --recipe resnet18_sgd_mix_weak --dataset_name "$DATASET" --mean_std cifar10 \
   --fast --output_dir "$WORK/epoch" --dataloader_num_workers "$WORKERS" --save_strategy no --write_plots false \
-  --logging_steps 50 $EPOCH_ARGS $PROJECT_ARGS 2>&1 | tail -n 5 | tee -a "$OUT_DIR/gpu_check.log" \
+  --logging_steps 50 $EPOCH_ARGS $FAST_ARGS 2>&1 | tail -n 5 | tee -a "$OUT_DIR/gpu_check.log" \
   || log "the epoch failed or timed out"
 [ -f "$WORK/epoch/results.json" ] && cp "$WORK/epoch/results.json" "$OUT_DIR/epoch_results.json"
 echo "data: $DATA_NOTE" >> "$OUT_DIR/machine.txt"

@@ -124,17 +124,17 @@ def _features_with_paths(features: datasets.Features, image_columns: dict[str, d
 
 
 def _restore_images(copy: datasets.DatasetDict, target: Path) -> datasets.DatasetDict:
-    """The saved copy with its image columns typed as the ``Image`` features they were."""
+    """The saved copy with its image columns typed as the ``Image`` features they were.
+
+    ``cast_column`` to a decodable feature retypes the Arrow table in memory (``cast`` would map over every row
+    and write another copy of the table next to the saved one).
+    """
     images = json.loads((target / _COMPLETE_MARKER).read_text())["images"]
     restored = {}
     for split, ds in copy.items():
-        features = datasets.Features(
-            {
-                name: (_image_feature(images[split][name]) if name in images.get(split, {}) else feature)
-                for name, feature in ds.features.items()
-            }
-        )
-        restored[split] = ds.cast(features) if images.get(split) else ds
+        for name, spec in images.get(split, {}).items():
+            ds = ds.cast_column(name, _image_feature(spec))
+        restored[split] = ds
     return datasets.DatasetDict(restored)
 
 

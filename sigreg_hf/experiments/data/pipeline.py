@@ -134,10 +134,6 @@ def prepare_image_classification_data(
         logger.info("Mean/std computed from the training split: %s / %s", mean, std)
     mean_t, std_t = resolve_mean_std(None if mean is not None else mean_std, mean, std)
 
-    train_tf = build_train_transform(
-        mean_t, std_t, crop_size=image_size, padding=crop_padding, hflip=hflip,
-        randaugment_num_ops=randaugment_num_ops, randaugment_magnitude=randaugment_magnitude, normalize=False,
-    )
     normalize = build_eval_transform(mean_t, std_t)  # once per batch, after the per-image augmentation
     common = {"image_column": raw.image_column, "label_column": raw.label_column, "image_size": image_size}
     clock = AugmentationClock(seed) if keyed_augmentation else None
@@ -151,6 +147,10 @@ def prepare_image_classification_data(
         )
         train = train.with_transform(ImageBatchTransform(None, **common))  # uint8 images (and rows) only
     else:
+        train_tf = build_train_transform(
+            mean_t, std_t, crop_size=image_size, padding=crop_padding, hflip=hflip,
+            randaugment_num_ops=randaugment_num_ops, randaugment_magnitude=randaugment_magnitude, normalize=False,
+        )
         train = train.with_transform(
             ImageBatchTransform(train_tf, mark_for_mixing=True, clock=clock, batch_transform=normalize, **common)
         )
