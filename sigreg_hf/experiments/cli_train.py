@@ -103,9 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
     if string_to_bool(known.fast):
         defaults.update(FAST_PATH_DEFAULTS)
         if not torch.cuda.is_available():
-            # bf16 and channels-last pay on GPUs; on CPUs without bf16 units they slow convolutions several times
-            # (docs/benchmarks.md). Given explicitly they still apply (bf16 on CPU needs use_cpu).
-            defaults.update({"bf16": False, "channels_last": False, "use_cpu": True})
+            defaults["use_cpu"] = True  # TrainingArguments asks for it to autocast to bf16 without a GPU
     if not torch.cuda.is_available():
         defaults["dataloader_pin_memory"] = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -128,7 +126,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ParsedArgs | None:
 
 
 #: What ``--fast`` turns on: defaults below the command line (an option given there wins), above the recipe.
-#: Without a GPU, bf16 and channels-last stay off unless given.
 FAST_PATH_DEFAULTS: dict[str, Any] = {
     "bf16": True,  # autocast; the SIGReg statistics and the soft-target loss stay float32
     "torch_compile": True,

@@ -4,10 +4,11 @@ A training step frees and re-allocates the same large buffers (activations, grad
 every step. glibc returns chunks above its *dynamic* mmap threshold, and a large free top of the heap, to the
 operating system, so the next step pays the page faults of getting them back. Which buffers are affected depends
 on the order of frees, so two loops doing the same arithmetic can differ: on this project's CPU machine the app's
-training step ran 8-10% slower than the same step in a plain loop until the thresholds were fixed, then at
-parity (docs/benchmarks.md). :func:`retain_freed_memory` fixes them with ``mallopt``: the mmap threshold at glibc's
-maximum (32 MiB on 64-bit) and the trim threshold at 1 GiB. Results do not change; the process may keep up to
-that much freed memory mapped (its peak is unchanged). Elsewhere than glibc it does nothing.
+training path ran at 0.89-0.98x a plain loop's images/s until the thresholds were fixed, then at 1.01-1.07x
+(``scripts/bench_train.py``, docs/benchmarks.md). :func:`retain_freed_memory` fixes them with ``mallopt``: the
+mmap threshold at glibc's maximum (32 MiB on 64-bit) and the trim threshold at 1 GiB. Results do not change;
+the process may keep up to that much freed memory mapped (its peak is unchanged). Elsewhere than glibc it does
+nothing.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class DataArguments:
     local_copy: bool = field(
         default=True,
         metadata={"help": "Read a local dataset folder from a copy saved on its first use while no file in it "
-                  "changed (skips datasets' resolution of every file: ~30 s for CIFAR-10's 60,000 JPEGs)."},
+                  "changed (skips datasets' resolution of every file: 27 s for CIFAR-10's 60,000 JPEGs here)."},
     )
     decode_num_proc: int | None = field(default=None, metadata={"help": "Processes for the one-off decoding."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory."})
@@ -181,9 +181,9 @@ class RunArguments:
     fast: bool = field(
         default=False,
         metadata={"help": "The fast path: turns on every speed option not set on the command line: --bf16 "
-                  "(autocast; SIGReg statistics stay float32) and --channels_last (both on a GPU only), "
-                  "--torch_compile, --fused_optimizer, --device_augmentation, persistent DataLoader workers. See "
-                  "README 'Speed' and docs/benchmarks.md for what each changes."},
+                  "(autocast; SIGReg statistics stay float32), --channels_last, --torch_compile, --fused_optimizer, "
+                  "--device_augmentation, persistent DataLoader workers. See README 'Speed' and docs/benchmarks.md "
+                  "for what each changes."},
     )
     list_recipes: bool = field(default=False, metadata={"help": "Print the recipe names and exit."})
     overwrite_output_dir: bool = field(
@@ -199,8 +199,7 @@ class RunArguments:
     retain_host_memory: bool = field(
         default=True,
         metadata={"help": "glibc: keep freed host memory in the process for the next step instead of handing it back "
-                  "to the OS (fixed malloc thresholds; no result changes; 8-10%% faster CPU steps measured, see "
-                  "docs/benchmarks.md)."},
+                  "to the OS (fixed malloc thresholds; no result changes; see docs/benchmarks.md)."},
     )
     final_eval: bool = field(default=True, metadata={"help": "Evaluate after training if the last step was not."})
     save_final_model: bool = field(default=True, metadata={"help": "Save model + image processor to output_dir."})
