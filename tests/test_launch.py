@@ -60,13 +60,22 @@ def test_the_trainer_itself_refuses_both(tmp_path, monkeypatch):
 
 WORKER = textwrap.dedent(
     """
-    import sys, torch
+    import os, sys, torch
+    from pathlib import Path
     from torch import nn
     from sigreg_hf import SIGRegConfig, SIGRegTrainer
+    from sigreg_hf.launch import LaunchError
+    # each rank reports into its own file: two ranks printing to one pipe interleave their lines
+    report = Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt"
+    report.parent.mkdir(parents=True, exist_ok=True)
     model = nn.Sequential(nn.Linear(4, 2))
     args = SIGRegConfig(output_dir=sys.argv[1], report_to="none", use_cpu=sys.argv[2] == "cpu")
-    SIGRegTrainer(model=model, args=args)
-    print("WORLD", args.world_size, flush=True)
+    try:
+        SIGRegTrainer(model=model, args=args)
+    except LaunchError as error:
+        report.write_text(f"REFUSED {error}")
+        raise
+    report.write_text(f"WORLD {args.world_size}")
     """
 )
 
@@ -86,7 +95,8 @@ def test_a_real_two_process_launch_without_use_cpu_is_refused(tmp_path):
             "--main_process_port", str(port), str(script), str(tmp_path / "out")]  # fmt: skip
     refused = subprocess.run([*base, "gpu"], env=env, capture_output=True, text=True, timeout=240)
     assert refused.returncode != 0
-    assert refused.stderr.count("2 processes were launched (WORLD_SIZE=2)") == 2, refused.stderr[-3000:]
+    reports = [(tmp_path / "out" / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert all(r.startswith("REFUSED") and "2 processes were launched (WORLD_SIZE=2)" in r for r in reports), reports
     ok = subprocess.run([*base, "cpu"], env=env, capture_output=True, text=True, timeout=240)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    assert ok.stdout.count("WORLD 2") == 2
+    assert [(tmp_path / "out" / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["WORLD 2"] * 2
