@@ -28,6 +28,7 @@ __all__ = [
     "draw_projection",
     "draw_sketch",
     "global_sample_counts",
+    "global_sample_counts_on_device",
     "sigreg_strong",
     "sigreg_weak",
 ]
@@ -163,6 +164,21 @@ def global_sample_counts(
     packed = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     return [int(v) for v in packed.tolist()]
+
+
+def global_sample_counts_on_device(
+    counts: Sequence[int], *, device: torch.device | str, distributed: DistributedOption = "auto"
+) -> Tensor:
+    """:func:`global_sample_counts` left on ``device`` (int64 ``[len(counts)]``): no host read.
+
+    Under torch.distributed (``distributed`` as in :func:`sigreg_strong`) one all-reduce, enqueued like any
+    other kernel; otherwise the counts themselves. The values are filled on the device (a tensor built from a Python
+    list would be copied there, and that copy waits for the device's queued work).
+    """
+    packed = torch.stack([torch.full((), int(c), dtype=torch.int64, device=device) for c in counts])
+    if _use_distributed(distributed):
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return packed
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -458,7 +474,8 @@ def sigreg_strong(
         if use_dist:
             packed = _all_reduce_sum(torch.cat([sums.reshape(-1), count]))
             sums, count = packed[:-1].view_as(sums), packed[-1:]
-        cos_mean, sin_mean = sums[0] / count, sums[1] / count  # [m, K]
+        # clamp: a global batch of 0 rows (skipped on the device by SIGRegulariser) stays finite
+        cos_mean, sin_mean = sums[0] / count.clamp(min=1), sums[1] / count.clamp(min=1)  # [m, K]
         err = (cos_mean - phi.unsqueeze(1)).square() + sin_mean.square()
         per_slice = weighted_phi @ err  # [K]
         if normalization == "seed":
@@ -527,7 +544,7 @@ def sigreg_weak(
                 torch.cat([samples.sum(dim=0), torch.full((1,), float(n), device=x.device, dtype=dtype)])
             )
             count = packed[-1]
-            centred = samples - packed[:-1] / count
+            centred = samples - packed[:-1] / count.clamp(min=1)  # finite for 0 rows in all (see strong)
             second = _all_reduce_sum(centred.T @ centred)
         else:
             count = n

@@ -34,7 +34,14 @@ from torch import Tensor, nn
 
 from sigreg_hf.config import SIGREG_SKETCH_TYPES, SIGREG_STRONG_NORMALIZATIONS
 from sigreg_hf.config import normalise_layers as _normalise_layers
-from sigreg_hf.losses import draw_sketch, global_sample_counts, sigreg_strong, sigreg_weak
+from sigreg_hf.losses import (
+    _use_distributed,
+    draw_sketch,
+    global_sample_counts,
+    global_sample_counts_on_device,
+    sigreg_strong,
+    sigreg_weak,
+)
 from sigreg_hf.presets import TapPreset, feature_layout, find_preset, preset_pooling
 
 logger = logging.getLogger(__name__)
@@ -397,8 +404,11 @@ class SIGRegulariser:
         #: Record only forwards run with gradients enabled (a trainer sets it while training, so that a
         #: second no-grad forward of the same batch, e.g. TRL's for metrics, does not replace the states).
         self.grad_only = False
-        #: Micro-batches too small for the statistic (global N < 2): they contributed no regulariser.
-        self.num_skipped_batches = 0
+        self._num_skipped_host = 0
+        self._skipped_device: Tensor | None = None  # skipped batches counted on the device (see loss())
+        #: Whether the last :meth:`loss` had enough samples to count: a bool, or a 0-dim bool tensor on the
+        #: device under torch.distributed with ``check_finite=False`` (read it only when logging).
+        self.last_batch_counted: bool | Tensor = True
         self._warned_small_batch = False
         self._call_counts: dict[str, int] = {}
         # in-place safety: (captured key, training) -> whether a later op wrote into the output in place
@@ -660,7 +670,10 @@ class SIGRegulariser:
         A micro-batch too small for the statistic (fewer than 2 samples in a pooled state; under
         torch.distributed, in the global batch of all ranks, so that every rank decides alike) contributes
         no regulariser: the result is a zero connected to the graph, :attr:`num_skipped_batches` counts it,
-        and the first such batch logs a warning.
+        and the first such batch logs a warning. Under torch.distributed with ``check_finite=False`` the
+        decision is taken on the device (one small all-reduce of the counts, no host read): the statistic is
+        computed (finite) and replaced by that zero, :attr:`last_batch_counted` is a device bool, and the count
+        and warning come when :attr:`num_skipped_batches` is read.
 
         The captured states are used once: ``loss()`` forgets them (as does the start of the model's next
         forward), so a loop of forward + ``loss()`` never mixes two forwards' states, even when the model's
@@ -676,32 +689,67 @@ class SIGRegulariser:
         finally:
             self.clear()
         first = next(iter(pooled.values()))
-        counts = global_sample_counts(
-            [x.shape[0] for x in pooled.values()], device=first.device, distributed=self.distributed
-        )
-        if min(counts) < 2:
-            return self._skip(pooled, counts)
+        local = [x.shape[0] for x in pooled.values()]
+        on_device = not self.check_finite and _use_distributed(self.distributed)
+        if on_device:
+            # the skip decision stays on the device: no host read per step under DDP (the trainer's setting)
+            counts = global_sample_counts_on_device(local, device=first.device, distributed=self.distributed)
+            counted = (counts >= 2).all()
+            skipped = (~counted).to(torch.int64)
+            self._skipped_device = skipped if self._skipped_device is None else self._skipped_device + skipped
+        else:
+            host_counts = global_sample_counts(local, device=first.device, distributed=self.distributed)
+            if min(host_counts) < 2:
+                self.last_batch_counted = False
+                return self._skip(pooled, host_counts)
+            counted = True
+        self.last_batch_counted = counted
         losses = {
             name: self.layer_loss(x, step=step, layer_index=index) for index, (name, x) in enumerate(pooled.items())
         }
         self.layer_losses = losses
         values = list(losses.values())
         device = values[0].device
-        return torch.stack([v.to(device) for v in values]).mean()
+        mean = torch.stack([v.to(device) for v in values]).mean()
+        if on_device:  # a zero in the graph where the global batch was too small (the statistics stay finite)
+            mean = torch.where(counted.to(device), mean, torch.zeros_like(mean))
+        return mean
+
+    @property
+    def num_skipped_batches(self) -> int:
+        """Micro-batches too small for the statistic (global N < 2): they contributed no regulariser.
+
+        Under torch.distributed with ``check_finite=False`` (the trainer's setting) the count is kept on the
+        device and read here, so reading it synchronises with the device; the one-time warning then comes
+        from this read (the trainer reads it when it logs).
+        """
+        if self._skipped_device is not None:
+            pending = int(self._skipped_device)
+            self._skipped_device = None
+            if pending:
+                self._num_skipped_host += pending
+                self._warn_small_batch(
+                    f"{pending} micro-batch(es) whose global batch over all ranks had fewer than 2 samples in a "
+                    "tapped state"
+                )
+        return self._num_skipped_host
+
+    def _warn_small_batch(self, what: str) -> None:
+        if self._warned_small_batch:
+            return
+        self._warned_small_batch = True
+        logger.warning(
+            "SIGReg skipped a micro-batch too small for the statistic (%s; it needs N >= 2): it contributes "
+            "no regulariser. Such batches are counted in num_skipped_batches; this warning is shown once.",
+            what,
+        )
 
     def _skip(self, pooled: dict[str, Tensor], counts: list[int]) -> Tensor:
         """A zero that keeps the pooled states in the graph (their gradients are zeros), counted and warned once."""
-        self.num_skipped_batches += 1
+        self._num_skipped_host += 1
         self.layer_losses = {}
-        if not self._warned_small_batch:
-            self._warned_small_batch = True
-            small = {name: n for name, n in zip(pooled, counts, strict=True) if n < 2}
-            logger.warning(
-                "SIGReg skipped a micro-batch too small for the statistic (samples per tapped state, over all "
-                "ranks: %s; it needs N >= 2): it contributes no regulariser. Such batches are counted in "
-                "num_skipped_batches; this warning is shown once.",
-                small,
-            )
+        small = {name: n for name, n in zip(pooled, counts, strict=True) if n < 2}
+        self._warn_small_batch(f"samples per tapped state, over all ranks: {small}")
         first = next(iter(pooled.values()))
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         zeros = [x[:0].sum().to(device=first.device, dtype=dtype) for x in pooled.values()]

@@ -65,10 +65,27 @@ _TASK_OF_HEAD = (
 )
 
 
-def _mean(values: list[Tensor | float]) -> float:
-    if isinstance(values[0], Tensor):
-        return torch.stack([torch.as_tensor(v).detach().double().reshape(()) for v in values]).mean().item()
-    return sum(values) / len(values)
+def _host_floats(items: list[Tensor | float]) -> list[float]:
+    """``items`` as Python floats, the tensors among them read from their device in one transfer."""
+    tensors = [item for item in items if isinstance(item, Tensor)]
+    if not tensors:
+        return [float(item) for item in items]
+    device = tensors[0].device
+    read = iter(torch.stack([t.detach().double().reshape(()).to(device) for t in tensors]).tolist())
+    return [next(read) if isinstance(item, Tensor) else float(item) for item in items]
+
+
+def _reduce_metric(entries: list[tuple[Tensor | float, Tensor | float]], *, total: bool = False) -> float | None:
+    """The weighted mean of ``(value, weight)`` entries (``total``: the weighted sum); None when nothing counts.
+
+    A value of weight 0 never reaches the result, not even a non-finite one (a skipped batch's statistic).
+    """
+    floats = _host_floats([item for entry in entries for item in entry])
+    kept = [(value, weight) for value, weight in zip(floats[::2], floats[1::2], strict=True) if weight]
+    weighted = sum(value * weight for value, weight in kept)
+    if total:
+        return weighted or None
+    return weighted / sum(weight for _, weight in kept) if kept else None
 
 
 def _modality(model: nn.Module) -> str:
@@ -125,7 +142,8 @@ class SIGRegMixin:
         super().__init__(*args, **kwargs)
         # refuse launches that would train wrong in silence (processes that are not one job; DataParallel)
         check_launch(self.args, hooks_on_model=self.sigreg_mode != "none")
-        self._sigreg_metrics: dict[str, defaultdict[str, list[Tensor | float]]] = {
+        # mode -> metric -> (value, weight) entries, reduced when logged
+        self._sigreg_metrics: dict[str, defaultdict[str, list[tuple[Tensor | float, Tensor | float]]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
@@ -244,10 +262,9 @@ class SIGRegMixin:
                     model, inputs, return_outputs=want_outputs, num_items_in_batch=num_items_in_batch
                 )
                 task, outputs = result if want_outputs else (result, None)
-                skipped_before = regulariser.num_skipped_batches
                 reg = regulariser.loss(outputs, step=step, attention_mask=attention_mask)
                 layer_losses = regulariser.layer_losses
-                skipped = regulariser.num_skipped_batches > skipped_before  # same on every rank (global N)
+                counted = regulariser.last_batch_counted  # same on every rank (global N); maybe on the device
         finally:
             regulariser.enabled = False
             regulariser.grad_only = False
@@ -262,9 +279,7 @@ class SIGRegMixin:
         else:
             loss = task
             task_metric = task.detach().float()
-        self._record_sigreg_metrics(model, task_metric, None if skipped else reg, alpha, layer_losses)
-        if skipped:
-            self.log_metric("sigreg_skipped_batches", 1.0)
+        self._record_sigreg_metrics(model, task_metric, reg, alpha, layer_losses, counted)
         return (loss, outputs) if return_outputs else loss
 
     # -- model card -------------------------------------------------------------------------------------
@@ -316,37 +331,51 @@ class SIGRegMixin:
         Pass a device tensor already reduced over processes (e.g. ``accelerator.gather(x).mean()``) to avoid a
         host synchronisation per step.
         """
+        self._add_metric(name, value)
+
+    def _add_metric(self, name: str, value: Tensor | float, weight: Tensor | float = 1.0) -> None:
+        """``weight`` 0 leaves the value out of the average (a device tensor keeps that decision off the host)."""
         mode = "train" if self.model.training else "eval"
-        self._sigreg_metrics[mode][name].append(value.detach() if isinstance(value, Tensor) else float(value))
+        value = value.detach() if isinstance(value, Tensor) else float(value)
+        self._sigreg_metrics[mode][name].append((value, weight))
 
     def _record_sigreg_metrics(
-        self, model: nn.Module, task: Tensor, reg: Tensor | None, alpha: float, layer_losses: dict[str, Tensor]
+        self,
+        model: nn.Module,
+        task: Tensor,
+        reg: Tensor,
+        alpha: float,
+        layer_losses: dict[str, Tensor],
+        counted: bool | Tensor,
     ) -> None:
-        """``reg`` None: the micro-batch was too small for the statistic (left out of ``sigreg_loss``)."""
-        names = ["task_loss"]
-        values = [task.reshape(())]
-        if reg is not None:
-            names.append("sigreg_loss")
-            values.append(reg.detach().float().reshape(()).to(task.device))
-        if reg is not None and self.args.sigreg_log_per_layer:
+        """``counted`` False (or a device False): the micro-batch was too small for the statistic; ``reg`` is
+        left out of ``sigreg_loss`` and the batch is counted in ``sigreg_skipped_batches``."""
+        names = ["task_loss", "sigreg_loss"]
+        values = [task.reshape(()), reg.detach().float().reshape(()).to(task.device)]
+        if self.args.sigreg_log_per_layer:
             for name, value in layer_losses.items():
                 names.append(f"sigreg_loss/{name}")
                 values.append(value.detach().float().reshape(()).to(task.device))
         packed = torch.stack(values).unsqueeze(0)  # [1, M]: one all-gather for every metric
         gathered = self.accelerator.gather(packed).reshape(-1, len(names)).mean(dim=0)  # on device: no sync
-        store = self._sigreg_metrics["train" if model.training else "eval"]
-        for index, name in enumerate(names):
-            store[name].append(gathered[index])
-        store["sigreg_alpha"].append(alpha)
+        weight = counted.to(task.device, torch.float32) if isinstance(counted, Tensor) else float(counted)
+        self._add_metric("task_loss", gathered[0])
+        for index, name in enumerate(names[1:], start=1):
+            self._add_metric(name, gathered[index], weight)
+        self._add_metric("sigreg_alpha", alpha)
+        if isinstance(counted, Tensor) or not counted:
+            self._add_metric("sigreg_skipped_batches", 1.0 - weight)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
         mode = "eval" if self._sigreg_eval_prefix is not None else "train"
-        averaged = {
-            name: float(len(values)) if name == "sigreg_skipped_batches" else _mean(values)  # a count, not a mean
-            for name, values in self._sigreg_metrics[mode].items()
-            if values
+        reduced = {
+            name: _reduce_metric(entries, total=name == "sigreg_skipped_batches")  # a count, not a mean
+            for name, entries in self._sigreg_metrics[mode].items()
         }
+        averaged = {name: value for name, value in reduced.items() if value is not None}
+        if self.regulariser is not None and averaged.get("sigreg_skipped_batches"):
+            _ = self.regulariser.num_skipped_batches  # reads a device-side count: its one-time warning comes now
         if mode == "eval":
             averaged = {f"{self._sigreg_eval_prefix}_{name}": value for name, value in averaged.items()}
         self._sigreg_metrics[mode].clear()

@@ -4,6 +4,7 @@ Writes ``rank{r}.pt`` into the directory given as argv[1]; tests/test_taps_safet
 single-process regulariser on the concatenated rows (or with a skipped batch when the global N is below 2).
 """
 
+import logging
 import os
 import sys
 
@@ -38,22 +39,32 @@ def run(model: nn.Module, mode: str, x: torch.Tensor, step: int, regulariser: SI
         "loss": loss.detach(),
         "requires_grad": loss.requires_grad,
         "grads": [p.grad.detach().clone() for p in model[0].parameters()],  # the tapped layer's
+        "counted": bool(regulariser.last_batch_counted),
         "skipped": regulariser.num_skipped_batches,
     }
 
 
 def main() -> None:
     out_dir = sys.argv[1]
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("sigreg_hf.taps").addHandler(handler)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     assert dist.get_world_size() == 2
     model = make_model()
-    regularisers = {mode: SIGRegulariser(model, mode=mode, layers=["0"], sketch_dim=8) for mode in ("weak", "strong")}
+    # check_finite=True reads the global counts on the host; False (the trainer's) keeps the decision on the device
+    regularisers = {
+        (mode, check): SIGRegulariser(model, mode=mode, layers=["0"], sketch_dim=8, check_finite=check)
+        for mode in ("weak", "strong")
+        for check in (True, False)
+    }
     results = []
     for index, split in enumerate(SPLITS):
         start = sum(split[:rank])
         local = rows(split, index)[start : start + split[rank]]
-        results.append({mode: run(model, mode, local, index, reg) for mode, reg in regularisers.items()})
+        results.append({key: run(model, key[0], local, index, reg) for key, reg in regularisers.items()})
     # the functional losses: one row per rank is a valid global batch of 2; one row in all is refused on every rank
     functional = {}
     for split in ((1, 1), (1, 0)):
@@ -63,7 +74,10 @@ def main() -> None:
                 functional[(split, name)] = loss(local, generator=torch.Generator().manual_seed(4)).detach()
             except ValueError as exc:
                 functional[(split, name)] = str(exc)
-    torch.save({"regulariser": results, "functional": functional}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {"regulariser": results, "functional": functional, "warnings": [w for w in warnings if "too small" in w]},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 if __name__ == "__main__":

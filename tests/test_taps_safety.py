@@ -341,6 +341,18 @@ def test_trainer_runs_through_last_batches_of_one(tmp_path):
     assert trainer.regulariser.num_skipped_batches == 2  # the last training batch and the last evaluation batch
 
 
+def test_metrics_decided_on_the_device_leave_skipped_batches_out():
+    """Under DDP the trainer gets the skip decision as a device tensor and weights its metrics with it."""
+    from sigreg_hf.trainer import _reduce_metric
+
+    nan, one, zero = torch.tensor(float("nan")), torch.tensor(1.0), torch.tensor(0.0)
+    assert _reduce_metric([(torch.tensor(2.0), one), (nan, zero), (4.0, 1.0)]) == 3.0  # weight 0: even NaN is out
+    assert _reduce_metric([(nan, zero)]) is None  # nothing counted: no metric
+    assert math.isnan(_reduce_metric([(nan, one), (torch.tensor(1.0), one)]))  # a diverged statistic still shows
+    assert _reduce_metric([(one, 1.0), (zero, 1.0), (one, 1.0)], total=True) == 2.0  # skipped batches: a count
+    assert _reduce_metric([(zero, 1.0)], total=True) is None
+
+
 def test_flattened_tokens_of_a_single_sequence_are_enough():
     model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8))
     with SIGRegulariser(model, layers=["1"], pooling="flatten", sketch_dim=4) as reg:
@@ -359,16 +371,16 @@ def test_the_functional_losses_stay_strict():
 def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
     ranks = torchrun_ranks("distributed_small_batch_worker.py", tmp_path)
     model = small_worker.make_model()
-    skipped = {"weak": 0, "strong": 0}
     for index, split in enumerate(small_worker.SPLITS):
         x = small_worker.rows(split, index)
-        for mode in ("weak", "strong"):
-            got = [r["regulariser"][index][mode] for r in ranks]
+        skipped = sum(sum(s) < 2 for s in small_worker.SPLITS[: index + 1])  # so far, in each regulariser
+        for mode, check_finite in [(mode, check) for mode in ("weak", "strong") for check in (True, False)]:
+            got = [r["regulariser"][index][(mode, check_finite)] for r in ranks]
+            assert all(r["counted"] == (sum(split) >= 2) for r in got)
             if sum(split) < 2:
-                skipped[mode] += 1
                 for r in got:
                     assert r["loss"].item() == 0.0 and r["requires_grad"]
-                    assert all(not g.any() for g in r["grads"])
+                    assert all(not g.any() for g in r["grads"])  # zeros, not NaN: the statistics stay finite
             else:
                 reg = SIGRegulariser(model, mode=mode, layers=["0"], sketch_dim=8)
                 model.zero_grad()
@@ -381,7 +393,10 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
                 # each rank holds world_size x its rows' share of the gradient (DDP averages it back)
                 for p, g0, g1 in zip(model[0].parameters(), got[0]["grads"], got[1]["grads"], strict=True):
                     torch.testing.assert_close((g0 + g1) / 2, p.grad, rtol=1e-4, atol=1e-6)
-            assert all(r["skipped"] == skipped[mode] for r in got)
+            assert all(r["skipped"] == skipped for r in got)
+    for r in ranks:  # once per regulariser, whether the count was read on the host or kept on the device
+        assert len(r["warnings"]) == 4, r["warnings"]
+        assert sum("over all ranks had fewer than 2 samples" in w for w in r["warnings"]) == 2
     # the functional losses use the global N under torch.distributed: a rank may hold a single row
     pair = torch.randn(2, small_worker.FEATURES, generator=torch.Generator().manual_seed(3))
     for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong)):

@@ -4,13 +4,16 @@ mixing, and no host synchronisation in the project's training step."""
 
 from __future__ import annotations
 
+import csv
 import json
-import traceback
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+from host_sync import HostSyncRecorder, RecordSteps  # tests/experiments is on sys.path (rootdir-less tests)
 
 import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
 from sigreg_hf.experiments import cli_train
@@ -185,34 +188,6 @@ def test_device_augmentation_batches_are_uint8_and_mixed_on_the_device(synthetic
 
 
 # ---------------------------------------------------------------------------------------- host syncs
-_SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"}
-#: The training step's own code (the data pipeline runs in DataLoader workers on the host by design).
-_STEP_FILES = ("sigreg_hf/trainer.py", "sigreg_hf/taps.py", "sigreg_hf/losses.py", "sigreg_hf/soft_targets.py",
-               "sigreg_hf/experiments/image_trainer.py")  # fmt: skip
-_LOGGING_FUNCTIONS = {"log", "_maybe_log_save_evaluate", "evaluate", "on_log", "on_train_end"}
-
-
-class HostSyncRecorder(TorchFunctionMode):
-    """Records tensor-to-host reads made from the training step's own code, outside logging/evaluation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.offenders: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in _SYNCS:
-            stack = traceback.extract_stack()[:-1]
-            callers = [f for f in stack if "/torch/" not in f.filename.replace("\\", "/")]
-            caller = callers[-1] if callers else None  # the line that asked for the value
-            if (
-                caller is not None
-                and caller.filename.replace("\\", "/").endswith(_STEP_FILES)
-                and not any(f.name in _LOGGING_FUNCTIONS for f in stack)
-            ):
-                self.offenders.append(f"{func.__name__} at {caller.filename}:{caller.lineno} ({caller.name})")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize(
     ("recipe", "extra"),
@@ -222,18 +197,9 @@ class HostSyncRecorder(TorchFunctionMode):
 )  # fmt: skip
 def test_no_host_sync_in_the_training_step(recipe: str, extra: list[str], synthetic_cifar100: Path, tmp_path: Path):
     recorder = HostSyncRecorder()
-
-    class RecordSteps(cli_train.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 1:  # after the first step (start-up may read values once)
-                recorder.__enter__()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            recorder.__exit__(None, None, None)
-
     argv = ["--recipe", recipe, "--dataset_name", str(synthetic_cifar100), "--output_dir", str(tmp_path), *SMALL,
             "--max_steps", "4", "--logging_steps", "100", *extra]  # fmt: skip
-    cli_train.run(parse_args(argv), callbacks=[RecordSteps()])
+    cli_train.run(parse_args(argv), callbacks=[RecordSteps(recorder)])
     assert recorder.offenders == []
     # the recorder would see one: the regulariser's own finiteness check reads the statistic on the host
     model = create_model("mlp", num_classes=10, hidden_size=16, num_hidden_layers=1)
@@ -241,6 +207,34 @@ def test_no_host_sync_in_the_training_step(recipe: str, extra: list[str], synthe
         model(pixel_values=torch.randn(4, 3, 32, 32))
         regulariser.loss(step=0)
     assert probe.offenders and ("taps.py" in probe.offenders[0] or "losses.py" in probe.offenders[0])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_no_host_sync_in_the_training_step_of_two_processes(synthetic_cifar100: Path, tmp_path: Path) -> None:
+    """Under DDP the regulariser's skip decision (global batch < 2) and cross-rank BatchNorm stay on the device."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "ddp"
+    out.mkdir()
+    train = ["--recipe", "resnet18_sgd_mix_weak", "--dataset_name", str(synthetic_cifar100), "--output_dir",
+             str(out), "--model_overrides", json.dumps(SMALL_RESNET), "--device_augmentation", "true",
+             "--sync_batchnorm", "true", *SMALL, "--max_steps", "4", "--logging_steps", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(repo / "accelerate_configs" / "cpu_2proc.yaml"), str(Path(__file__).with_name("host_sync_worker.py")),
+           str(out), *train]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["world_size"] == 2
+    for rank in (0, 1):
+        assert json.loads((out / f"host_syncs_rank{rank}.json").read_text()) == []
+    # the metrics kept on the device come out right: two training logs, loss = (1 - alpha) task + alpha sigreg
+    with open(out / "log_history.csv", newline="") as f:
+        logs = [row for row in csv.DictReader(f) if row["sigreg_loss"] and not row["eval_loss"]]
+    assert len(logs) == 2 and "sigreg_skipped_batches" not in logs[0]
+    for row in logs:
+        alpha, task, reg = float(row["sigreg_alpha"]), float(row["task_loss"]), float(row["sigreg_loss"])
+        assert reg > 0 and float(row["loss"]) == pytest.approx((1 - alpha) * task + alpha * reg, rel=1e-5)
 
 
 def test_retain_freed_memory_sets_glibc_thresholds_and_is_a_no_op_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
