@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -39,7 +38,6 @@ from sigreg_hf.experiments.data.clock import AugmentationEpochCallback
 from sigreg_hf.experiments.host_memory import retain_freed_memory
 from sigreg_hf.experiments.image_trainer import ImageClassificationTrainer
 from sigreg_hf.experiments.metrics import build_compute_metrics, preprocess_logits_for_metrics
-from sigreg_hf.experiments.optim import OptimizerFactory, build_lr_scheduler, build_optimizer, updates_per_epoch
 from sigreg_hf.experiments.recipes import RecipeError, list_recipes, load_recipe, recipes_dir
 from sigreg_hf.experiments.record import RunRecord
 from sigreg_hf.experiments.run_outputs import write_run_outputs
@@ -200,91 +198,6 @@ def build_model(model_args: ModelArguments, data: PreparedImageData) -> torch.nn
     overrides.setdefault("id2label", {i: name for i, name in data.id2label.items()})
     overrides.setdefault("label2id", {name: i for i, name in data.id2label.items()})
     return models.create_model(model_args.model_name, num_classes=data.num_classes, **overrides)
-
-
-def optimizer_kwargs(args: SIGRegConfig, optim_args: OptimArguments) -> dict[str, Any]:
-    """Keyword arguments of :func:`sigreg_hf.experiments.optim.build_optimizer` from the parsed arguments."""
-    return {
-        "name": optim_args.optimizer,
-        "learning_rate": args.learning_rate,
-        "weight_decay": args.weight_decay,
-        "momentum": optim_args.momentum,
-        "nesterov": optim_args.nesterov,
-        "betas": (args.adam_beta1, args.adam_beta2),
-        "eps": args.adam_epsilon,
-        "no_decay_bias_norm": optim_args.no_decay_bias_norm,
-        "muon_params": optim_args.muon_params,
-        "muon_momentum": optim_args.muon_momentum,
-        "muon_nesterov": optim_args.muon_nesterov,
-        "muon_ns_coefficients": optim_args.muon_ns_coefficients,
-        "muon_adjust_lr_fn": optim_args.muon_adjust_lr_fn,
-        "aux_learning_rate": optim_args.aux_learning_rate,
-        "aux_betas": (optim_args.aux_adam_beta1, optim_args.aux_adam_beta2),
-        "aux_weight_decay": optim_args.aux_weight_decay,
-        "aux_eps": optim_args.aux_adam_epsilon,
-        "fused": optim_args.fused_optimizer,
-    }
-
-
-def _sharded_engine(args: SIGRegConfig) -> bool:
-    env = {k: os.environ.get(k, "").lower() for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")}
-    return bool(args.fsdp) or bool(args.deepspeed) or "true" in env.values()
-
-
-def schedule_steps(args: SIGRegConfig, optim_args: OptimArguments, num_train: int) -> tuple[int, int, int]:
-    """``(steps_per_epoch, total_training_steps, schedule_horizon_steps)`` as the Trainer will count them."""
-    per_epoch = updates_per_epoch(
-        num_train,
-        per_device_batch_size=args.per_device_train_batch_size,
-        world_size=args.world_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        drop_last=args.dataloader_drop_last,
-    )
-    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
-    horizon = total
-    if optim_args.lr_schedule_epochs is not None:
-        horizon = max(1, math.ceil(optim_args.lr_schedule_epochs * per_epoch))
-    return per_epoch, total, horizon
-
-
-def optimizer_and_schedule(
-    model: torch.nn.Module,
-    args: SIGRegConfig,
-    optim_args: OptimArguments,
-    *,
-    steps_per_epoch: int,
-    total_steps: int,
-    horizon: int,
-) -> dict[str, Any]:
-    """Trainer keyword arguments that install the optimiser and the lr schedule.
-
-    Normally ``optimizers=(optimizer, LambdaLR)`` built here (exact per-epoch cosine per parameter group).
-    Under FSDP / DeepSpeed the Trainer must create the optimizer after sharding, so it gets
-    ``optimizer_cls_and_kwargs=(OptimizerFactory, kwargs)`` and the schedule is mapped onto the Trainer's
-    own (``cosine_with_min_lr`` / ``constant``, stepped per optimiser step) with a warning.
-    """
-    opt_kwargs = optimizer_kwargs(args, optim_args)
-    if _sharded_engine(args):
-        if optim_args.optimizer == "muon":
-            logger.warning("Muon under FSDP/DeepSpeed is unverified (sharded engines may not apply Muon's update); "
-                           "prefer DDP (multi_gpu.yaml) for Muon recipes.")
-        if optim_args.lr_schedule_interval == "epoch" and optim_args.lr_schedule == "cosine":
-            logger.warning("Under FSDP/DeepSpeed the cosine schedule is stepped per optimiser step, not per epoch.")
-        args.lr_scheduler_type = "constant" if optim_args.lr_schedule == "constant" else "cosine_with_min_lr"
-        if args.lr_scheduler_type != "constant":
-            args.lr_scheduler_kwargs = {"min_lr": optim_args.eta_min}
-        return {"optimizer_cls_and_kwargs": (OptimizerFactory, opt_kwargs)}
-    optimizer = build_optimizer(model, **opt_kwargs)
-    scheduler = build_lr_scheduler(
-        optimizer,
-        schedule=optim_args.lr_schedule,
-        total_steps=horizon,
-        steps_per_epoch=steps_per_epoch,
-        interval=optim_args.lr_schedule_interval,
-        eta_min=optim_args.eta_min,
-        warmup_steps=args.get_warmup_steps(total_steps),
-    )
-    return {"optimizers": (optimizer, scheduler)}
 
 
 def run_settings(
@@ -461,10 +374,7 @@ def run(
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     processor = build_image_processor(data)
-    steps_per_epoch, total_steps, horizon = schedule_steps(args, optim_args, len(data.train))
-    trainer_kwargs = optimizer_and_schedule(
-        model, args, optim_args, steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon
-    )
+    steps_per_epoch, total_steps, horizon = optim_args.schedule_steps(args, len(data.train))
     trainer = ImageClassificationTrainer(
         model=model,
         args=args,
@@ -485,7 +395,7 @@ def run(
         clock=data.clock,
         channels_last=model_args.channels_last,
         compute_loss_func=soft_target_loss if data_args.mix else None,
-        **trainer_kwargs,
+        optim_args=optim_args,
     )
     logger.info(
         "Training %s on %s (%d train / %d eval images, %d classes): %d steps/epoch, %d steps, schedule over %d",

@@ -3,8 +3,9 @@ on-device augmentation."""
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,8 +13,14 @@ from sigreg_hf.experiments.data import dominant_label_top1
 from sigreg_hf.experiments.data.batch_augment import BatchAugmentation
 from sigreg_hf.experiments.data.mixing import ImageClassificationCollator
 from sigreg_hf.experiments.data.transforms import ROW_COLUMN, AugmentationClock
+from sigreg_hf.experiments.optim import build_lr_scheduler, build_optimizer
 from sigreg_hf.soft_targets import logits_of
 from sigreg_hf.trainer import SIGRegTrainer
+
+if TYPE_CHECKING:
+    from sigreg_hf.experiments.train_args import OptimArguments
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ImageClassificationTrainer"]
 
@@ -37,6 +44,11 @@ class ImageClassificationTrainer(SIGRegTrainer):
     is exact) and, with a ``device_mixer``, mixed there (its ``mix_batch``; the Trainer's count of label
     elements is scaled to the soft targets' width, as for batches mixed by the collator). ``channels_last``
     puts 4-D training inputs in channels-last layout.
+
+    ``optim_args`` (the recipe's optimiser and schedule): :meth:`create_optimizer` and :meth:`create_scheduler`
+    build them from it and ``args``, through the Trainer's own hooks, so one code path serves every engine (DDP;
+    FSDP, where the Trainer calls them after sharding; DeepSpeed's initialisation). Without it the Trainer's
+    ``optim`` / ``lr_scheduler_type`` apply.
     """
 
     def __init__(
@@ -48,9 +60,11 @@ class ImageClassificationTrainer(SIGRegTrainer):
         device_mixer: ImageClassificationCollator | None = None,
         clock: AugmentationClock | None = None,
         channels_last: bool = False,
+        optim_args: OptimArguments | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.optim_args = optim_args
         self.train_metric_name = train_metric_name
         if not (math.isfinite(task_loss_scale) and task_loss_scale > 0):
             raise ValueError(f"task_loss_scale must be a positive finite number, got {task_loss_scale!r}.")
@@ -67,6 +81,39 @@ class ImageClassificationTrainer(SIGRegTrainer):
         self.device_mixer = device_mixer
         self.clock = clock
         self.channels_last = channels_last
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The recipe's optimiser (:func:`~sigreg_hf.experiments.optim.build_optimizer`) when ``optim_args`` is set."""
+        if self.optimizer is None and self.optim_args is not None:
+            if self.optim_args.optimizer == "muon" and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+                logger.warning(
+                    "Muon under FSDP/DeepSpeed is unverified (sharded engines may not apply Muon's update to "
+                    "whole matrices); prefer DDP (multi_gpu.yaml) for Muon recipes."
+                )
+            target = self.model if model is None else model
+            self.optimizer = build_optimizer(target, **self.optim_args.optimizer_options(self.args))
+        return super().create_optimizer(model)
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The recipe's schedule (:func:`~sigreg_hf.experiments.optim.build_lr_scheduler`: per-epoch cosine per
+        parameter group, warmup) when ``optim_args`` is set."""
+        if self.lr_scheduler is None and self.optim_args is not None:
+            steps_per_epoch, _, horizon = self.optim_args.schedule_steps(self.args, len(self.train_dataset))
+            if self.optim_args.lr_schedule_epochs is None:
+                horizon = num_training_steps  # the run's own length, as the Trainer counts it
+            self.lr_scheduler = build_lr_scheduler(
+                self.optimizer if optimizer is None else optimizer,
+                schedule=self.optim_args.lr_schedule,
+                total_steps=horizon,
+                steps_per_epoch=steps_per_epoch,
+                interval=self.optim_args.lr_schedule_interval,
+                eta_min=self.optim_args.eta_min,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps),
+            )
+            self._created_lr_scheduler = True  # a later train() call builds it afresh, as the Trainer's own
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self.batch_augmentation is not None:

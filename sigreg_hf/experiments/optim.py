@@ -188,8 +188,9 @@ def build_optimizer(
 class OptimizerFactory:
     """A factory for ``Trainer(optimizer_cls_and_kwargs=(OptimizerFactory, kwargs))``.
 
-    transformers instantiates it with no arguments and calls it as ``factory(model, **kwargs)``; this is
-    the hook to use where the Trainer must build the optimizer itself (FSDP, DeepSpeed).
+    transformers instantiates it with no arguments and calls it as ``factory(model, **kwargs)``: a plain
+    ``Trainer`` gets the optimiser this module builds, under any engine. (The experiments app's trainer
+    overrides ``create_optimizer`` instead.)
     """
 
     def __call__(self, model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
@@ -288,3 +289,4 @@ def updates_per_epoch(
     batches = num_examples // global_batch if drop_last else math.ceil(num_examples / global_batch)
     steps = batches // gradient_accumulation_steps + int(batches % gradient_accumulation_steps > 0)
     return max(1, steps)
+

@@ -5,18 +5,28 @@ regulariser; these add the model, the data pipeline, the optimiser/schedule and 
 Every field can be set in a recipe YAML and overridden on the command line (``--field value``).
 
 Notes on TrainingArguments fields: ``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_epsilon``,
-``max_grad_norm`` (0 disables clipping) and ``warmup_steps`` are used by the optimiser/schedule built
-here; ``optim`` and ``lr_scheduler_type`` are ignored in favour of ``--optimizer`` and ``--lr_schedule``
-(except under FSDP/DeepSpeed, where the Trainer builds the scheduler; see ``sigreg_hf.experiments.cli_train``).
+``max_grad_norm`` (0 disables clipping) and ``warmup_steps`` are used by the optimiser/schedule that the app's
+trainer builds from :class:`OptimArguments` in its ``create_optimizer`` / ``create_scheduler`` (under every
+engine); ``optim`` and ``lr_scheduler_type`` are ignored in favour of ``--optimizer`` and ``--lr_schedule``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
+from typing import Any
+
+from transformers import TrainingArguments
 
 from sigreg_hf.experiments.data.loading import DEFAULT_DATASET
 from sigreg_hf.experiments.data.transforms import MEAN_STD_PRESETS
-from sigreg_hf.experiments.optim import MUON_PARAM_RULES, OPTIMIZERS, SCHEDULE_INTERVALS, SCHEDULES
+from sigreg_hf.experiments.optim import (
+    MUON_PARAM_RULES,
+    OPTIMIZERS,
+    SCHEDULE_INTERVALS,
+    SCHEDULES,
+    updates_per_epoch,
+)
 
 
 @dataclass
@@ -171,6 +181,46 @@ class OptimArguments:
         metadata={"help": "Multiplies the training loss of a sigreg_mode 'none' run: the reference's baselines "
                   "trained (1 - a) * CE with their row's a (0.9 or 0.99); 1 is plain CE. Evaluation is unscaled."},
     )
+
+    def optimizer_options(self, args: TrainingArguments) -> dict[str, Any]:
+        """:func:`~sigreg_hf.experiments.optim.build_optimizer`'s keyword arguments: what ``TrainingArguments``
+        already names (lr, weight decay, Adam betas and eps) from ``args``, the rest from these fields."""
+        return {
+            "name": self.optimizer,
+            "learning_rate": args.learning_rate,
+            "weight_decay": args.weight_decay,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "betas": (args.adam_beta1, args.adam_beta2),
+            "eps": args.adam_epsilon,
+            "no_decay_bias_norm": self.no_decay_bias_norm,
+            "muon_params": self.muon_params,
+            "muon_momentum": self.muon_momentum,
+            "muon_nesterov": self.muon_nesterov,
+            "muon_ns_coefficients": self.muon_ns_coefficients,
+            "muon_adjust_lr_fn": self.muon_adjust_lr_fn,
+            "aux_learning_rate": self.aux_learning_rate,
+            "aux_betas": (self.aux_adam_beta1, self.aux_adam_beta2),
+            "aux_weight_decay": self.aux_weight_decay,
+            "aux_eps": self.aux_adam_epsilon,
+            "fused": self.fused_optimizer,
+        }
+
+    def schedule_steps(self, args: TrainingArguments, num_train: int) -> tuple[int, int, int]:
+        """``(steps_per_epoch, total_training_steps, schedule_horizon_steps)`` for ``num_train`` examples, as
+        the Trainer counts steps (the horizon is ``lr_schedule_epochs`` epochs when set, else the run)."""
+        per_epoch = updates_per_epoch(
+            num_train,
+            per_device_batch_size=args.per_device_train_batch_size,
+            world_size=args.world_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            drop_last=args.dataloader_drop_last,
+        )
+        total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+        horizon = total
+        if self.lr_schedule_epochs is not None:
+            horizon = max(1, math.ceil(self.lr_schedule_epochs * per_epoch))
+        return per_epoch, total, horizon
 
 
 @dataclass

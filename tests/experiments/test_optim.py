@@ -200,12 +200,12 @@ def test_updates_per_epoch_counts_like_the_trainer() -> None:
 @pytest.mark.parametrize("recipe", ["vit_muon_none", "vit_muon_mix_weak", "vitpeak_muon_mix_strong"])
 def test_muon_recipes_give_the_auxiliary_adam_eps_1e_minus_10(recipe: str, tmp_path: Path) -> None:
     """reference-recipes.md: Adam(W) on the non-Muon parameters with eps 1e-10 (the reference Muon package's)."""
-    from sigreg_hf.experiments.cli_train import optimizer_kwargs, parse_args
+    from sigreg_hf.experiments.cli_train import parse_args
 
     args, _, _, optim_args, _ = parse_args(["--recipe", recipe, "--output_dir", str(tmp_path)])
     model = create_model("vit_peak" if recipe.startswith("vitpeak") else "vit_rope", num_classes=10,
                          num_hidden_layers=1)  # fmt: skip
-    muon_group, adam_group = build_optimizer(model, **optimizer_kwargs(args, optim_args)).param_groups
+    muon_group, adam_group = build_optimizer(model, **optim_args.optimizer_options(args)).param_groups
     assert adam_group["use_fallback"] and adam_group["eps"] == 1e-10
     assert tuple(adam_group["betas"]) == (0.9, 0.95) and adam_group["lr"] == 1e-3
     assert muon_group["use_muon"] and muon_group["lr"] == 1e-2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -281,25 +282,37 @@ def test_schedule_counts_steps_like_the_trainer(synthetic_cifar100: Path, tmp_pa
     assert results["global_step"] == 6 and len(results["test_top1_by_epoch"]) == 1
 
 
-def test_optimizer_and_schedule_under_ddp_and_sharded_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from sigreg_hf.experiments.cli_train import optimizer_and_schedule
-    from sigreg_hf.experiments.optim import OptimizerFactory
-    from sigreg_hf.models import create_model
+def test_the_trainer_builds_the_recipes_optimizer_and_schedule_in_its_own_hooks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """create_optimizer / create_scheduler: the one path under DDP, FSDP (after sharding) and DeepSpeed."""
+    class CifarSized(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 50000  # 391 steps of 128 per epoch
 
-    model = create_model("vit_peak", num_classes=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    args, _, _, optim_args, _ = parse_args(["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path)])
-    plain = optimizer_and_schedule(model, args, optim_args, steps_per_epoch=391, total_steps=782, horizon=156400)
-    optimizer, scheduler = plain["optimizers"]
-    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]
+        def __getitem__(self, index: int) -> dict:
+            raise AssertionError("not read")
+
+    def vit() -> torch.nn.Module:
+        return create_model("vit_peak", num_classes=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+
+    args, _, _, optim_args, _ = parse_args(["--recipe", "vitpeak_muon_mix_weak", "--output_dir", str(tmp_path),
+                                            "--eval_strategy", "no"])  # fmt: skip
+    trainer = ImageClassificationTrainer(model=vit(), args=args, train_dataset=CifarSized(), optim_args=optim_args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=156400)  # what train() calls: 400 epochs of 391
+    optimizer, scheduler = trainer.optimizer, trainer.lr_scheduler
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3] and optimizer.param_groups[1]["eps"] == 1e-10
     for _ in range(391):  # one epoch: the per-epoch cosine keeps the lr constant, then steps once
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 400)))
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    sharded = optimizer_and_schedule(model, args, optim_args, steps_per_epoch=391, total_steps=782, horizon=156400)
-    factory, kwargs = sharded["optimizer_cls_and_kwargs"]
-    assert factory is OptimizerFactory and kwargs["name"] == "muon" and kwargs["aux_learning_rate"] == 1e-3
-    assert str(args.lr_scheduler_type).endswith("cosine_with_min_lr") and args.lr_scheduler_kwargs == {"min_lr": 1e-5}
+    # FSDP: the Trainer builds the optimiser after sharding, from the prepared model it passes in
+    sharded = vit()
+    trainer.optimizer, trainer.is_fsdp_enabled = None, True
+    with caplog.at_level(logging.WARNING, logger="sigreg_hf.experiments.image_trainer"):
+        built = trainer.create_optimizer(sharded)
+    params = {id(p) for group in built.param_groups for p in group["params"]}
+    assert params == {id(p) for p in sharded.parameters()} and "Muon under FSDP/DeepSpeed" in caplog.text
 
 
 def test_results_json_has_the_issue6_summary_fields(synthetic_cifar100: Path, tmp_path: Path) -> None:
