@@ -329,41 +329,11 @@ def run(
     if run_args.retain_host_memory:
         run_args.retain_host_memory = retain_freed_memory()  # recorded as applied (False off glibc)
     set_seed(args.seed)
-    eval_split = None if data_args.eval_split.lower() in ("none", "") else data_args.eval_split
-    if eval_split is None:
+    if data_args.evaluation_split is None:
         args.eval_strategy = "no"
     with args.main_process_first(desc="dataset loading and decoding"):
         try:
-            data = prepare_image_classification_data(
-                data_args.dataset_name,
-                dataset_config=data_args.dataset_config,
-                image_column=data_args.image_column,
-                label_column=data_args.label_column,
-                train_split=data_args.train_split,
-                eval_split=eval_split,
-                cache_dir=data_args.dataset_cache_dir,
-                train_subset=data_args.train_subset,
-                max_eval_samples=data_args.max_eval_samples,
-                seed=args.seed,
-                decode_cache=data_args.decode_cache,
-                local_copy=data_args.local_copy,
-                keyed_augmentation=data_args.keyed_augmentation,
-                decode_num_proc=data_args.decode_num_proc,
-                image_size=data_args.image_size,
-                crop_padding=data_args.crop_padding,
-                hflip=data_args.hflip,
-                randaugment_num_ops=data_args.randaugment_num_ops,
-                randaugment_magnitude=data_args.randaugment_magnitude,
-                mean_std=data_args.mean_std,
-                mean=data_args.mean,
-                std=data_args.std,
-                mix=data_args.mix,
-                mixup_alpha=data_args.mixup_alpha,
-                cutmix_alpha=data_args.cutmix_alpha,
-                mix_prob=data_args.mix_prob,
-                mix_switch_prob=data_args.mix_switch_prob,
-                device_augmentation=data_args.device_augmentation,
-            )
+            data = prepare_image_classification_data(data_args, seed=args.seed)
         except ValueError as err:  # labels, images, subset sizes: one line naming the row, file or value
             raise UsageError(str(err)) from err
     model = build_model(model_args, data)

@@ -20,7 +20,7 @@ from huggingface_hub import constants, hf_hub_download
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
 
 import sigreg_hf.models  # noqa: F401 - registers the sigreg-* model types with the Auto classes
-from sigreg_hf.experiments.data import prepare_image_classification_data
+from sigreg_hf.experiments.data import DataArguments, prepare_image_classification_data
 from sigreg_hf.experiments.data.digits import DIGITS_NAMES, DIGITS_TEST_FRACTION, digits_dataset
 from sigreg_hf.experiments.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from sigreg_hf.experiments.record import RESULTS_FILE, RunRecord, as_results
@@ -129,9 +129,11 @@ def evaluate_checkpoint(
         raise ValueError(f"No dataset recorded for {model!r}: pass dataset_name (e.g. uoft-cs/cifar100).")
     data_source = _builtin_dataset(str(dataset_name), recorded)
     data = prepare_image_classification_data(
-        data_source, dataset_config=dataset_config, image_column=image_column, label_column=label_column,
-        train_split=split, eval_split=split, max_eval_samples=max_eval_samples, decode_cache=False,
-        image_size=int(image_size), mean=list(mean), std=list(std),
+        DataArguments(
+            dataset_name=data_source, dataset_config=dataset_config, image_column=image_column,
+            label_column=label_column, train_split=split, eval_split=split, max_eval_samples=max_eval_samples,
+            decode_cache=False, image_size=int(image_size), mean=list(mean), std=list(std),
+        )
     )  # fmt: skip
     if data.eval is None:
         raise ValueError(f"The dataset {dataset_name!r} has no split {split!r} to evaluate on.")

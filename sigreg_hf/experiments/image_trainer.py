@@ -136,7 +136,7 @@ class ImageClassificationTrainer(SIGRegTrainer):
         if pixels.dtype != torch.uint8:
             raise ValueError(
                 f"device augmentation expects uint8 training images, got {pixels.dtype}: build the data with "
-                "prepare_image_classification_data(..., device_augmentation=True)."
+                "prepare_image_classification_data(DataArguments(..., device_augmentation=True))."
             )
         if self.clock is not None and rows is not None:
             seed = self.clock.key(_AUGMENTATION_STREAM, self.args.process_index, *rows)

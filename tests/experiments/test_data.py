@@ -16,6 +16,7 @@ import sigreg_hf.experiments.data.loading as loading
 from sigreg_hf.experiments.data import (
     MEAN_STD_PRESETS,
     MIX_MARKER,
+    DataArguments,
     DatasetUnavailableError,
     ImageClassificationCollator,
     build_eval_transform,
@@ -206,9 +207,10 @@ def test_compute_mean_std_matches_numpy(synthetic_cifar100: Path) -> None:
 
 
 def test_prepare_gives_model_ready_examples(synthetic_cifar100_balanced: Path) -> None:
-    prepared = prepare_image_classification_data(
+    data_args = DataArguments(
         str(synthetic_cifar100_balanced), train_subset=30, randaugment_num_ops=2, mix=True, mean_std="dataset"
     )
+    prepared = prepare_image_classification_data(data_args)
     assert len(prepared.train) == 30 and prepared.num_classes == 10
     example = prepared.train[0]
     assert example["pixel_values"].shape == (3, 32, 32) and example["pixel_values"].dtype == torch.float32
@@ -230,8 +232,8 @@ def test_prepare_gives_model_ready_examples(synthetic_cifar100_balanced: Path) -
 
 
 def test_prepare_without_decode_cache_gives_same_eval_pixels(synthetic_cifar100: Path) -> None:
-    cached = prepare_image_classification_data(str(synthetic_cifar100), decode_cache=True)
-    direct = prepare_image_classification_data(str(synthetic_cifar100), decode_cache=False)
+    cached = prepare_image_classification_data(DataArguments(dataset_name=str(synthetic_cifar100), decode_cache=True))
+    direct = prepare_image_classification_data(DataArguments(dataset_name=str(synthetic_cifar100), decode_cache=False))
     assert torch.equal(cached.eval[4]["pixel_values"], direct.eval[4]["pixel_values"])
 
 
@@ -328,8 +330,12 @@ def test_pipeline_bench_runs(synthetic_cifar100: Path) -> None:
 def test_max_eval_samples_is_class_balanced_with_fallback(
     synthetic_cifar100_balanced: Path, synthetic_cifar100: Path
 ) -> None:
-    balanced = prepare_image_classification_data(str(synthetic_cifar100_balanced), max_eval_samples=20)
+    balanced = prepare_image_classification_data(
+        DataArguments(dataset_name=str(synthetic_cifar100_balanced), max_eval_samples=20)
+    )
     labels = [balanced.eval[i]["labels"] for i in range(len(balanced.eval))]
     assert np.bincount(labels, minlength=10).tolist() == [2] * 10
-    sparse = prepare_image_classification_data(str(synthetic_cifar100), max_eval_samples=12)  # 16 images, 100 classes
+    sparse = prepare_image_classification_data(
+        DataArguments(dataset_name=str(synthetic_cifar100), max_eval_samples=12)
+    )  # 16 images, 100 classes
     assert len(sparse.eval) == 12

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sigreg_hf.experiments.data import load_image_classification_dataset, prepare_image_classification_data
+from sigreg_hf.experiments.data import (
+    DataArguments,
+    load_image_classification_dataset,
+    prepare_image_classification_data,
+)
 from sigreg_hf.experiments.data.cache import class_balanced_subset, read_labels
-from sigreg_hf.experiments.train_args import DataArguments
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,7 +46,9 @@ def test_int_label_parquet_folder_loads_and_trains_data(tmp_path: Path) -> None:
     root = _write_parquet(tmp_path / "pq", [i % 4 for i in range(24)], [i % 4 for i in range(8)])
     data = load_image_classification_dataset(str(root))
     assert (data.image_column, data.label_column, data.num_classes) == ("image", "label", 4)
-    prepared = prepare_image_classification_data(str(root), train_subset=8, mean_std="cifar10")
+    prepared = prepare_image_classification_data(
+        DataArguments(dataset_name=str(root), train_subset=8, mean_std="cifar10")
+    )
     batch = prepared.collator([prepared.train[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and prepared.num_classes == 4
 
@@ -89,7 +94,7 @@ def _imagefolder(root: Path, corrupt: tuple[str, int] | None = None) -> Path:
 def test_corrupt_image_is_named_before_training(tmp_path: Path) -> None:
     root = _imagefolder(tmp_path / "tree", corrupt=("dog", 3))
     with pytest.raises(ValueError, match=r"Corrupt or unreadable image at row \d+ \(.*dog/3\.png\)"):
-        prepare_image_classification_data(str(root), mean_std="cifar10")
+        prepare_image_classification_data(DataArguments(dataset_name=str(root), mean_std="cifar10"))
 
 
 def test_subset_is_taken_before_decoding(tmp_path: Path) -> None:
@@ -102,10 +107,12 @@ def test_subset_is_taken_before_decoding(tmp_path: Path) -> None:
     assert len(used) == 4 and len(unused) == 8
     for path in unused:
         path.write_bytes(b"not an image")
-    prepared = prepare_image_classification_data(str(root), train_subset=4, seed=0, mean_std="cifar10")
+    prepared = prepare_image_classification_data(
+        DataArguments(dataset_name=str(root), train_subset=4, mean_std="cifar10"), seed=0
+    )
     assert len(prepared.train) == 4 and prepared.train[0]["pixel_values"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="Corrupt or unreadable image"):
-        prepare_image_classification_data(str(root), mean_std="cifar10")
+        prepare_image_classification_data(DataArguments(dataset_name=str(root), mean_std="cifar10"))
 
 
 @pytest.mark.parametrize("name", ["train_subset", "max_eval_samples"])
@@ -117,4 +124,6 @@ def test_non_positive_subset_sizes_are_refused(name: str, value: int) -> None:
 
 def test_subset_larger_than_the_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_subset 13 exceeds the 12 examples"):
-        prepare_image_classification_data(str(_imagefolder(tmp_path / "tree")), train_subset=13, mean_std="cifar10")
+        prepare_image_classification_data(
+            DataArguments(dataset_name=str(_imagefolder(tmp_path / "tree")), train_subset=13, mean_std="cifar10")
+        )

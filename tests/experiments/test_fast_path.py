@@ -18,7 +18,7 @@ from host_sync import HostSyncRecorder, RecordSteps  # tests/experiments is on s
 import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
 from sigreg_hf.experiments import cli_train
 from sigreg_hf.experiments.cli_train import main, parse_args
-from sigreg_hf.experiments.data import prepare_image_classification_data
+from sigreg_hf.experiments.data import DataArguments, prepare_image_classification_data
 from sigreg_hf.experiments.data.transforms import ROW_COLUMN
 from sigreg_hf.experiments.optim import build_optimizer
 from sigreg_hf.models import create_model
@@ -161,7 +161,13 @@ def test_device_augmentation_batches_are_uint8_and_mixed_on_the_device(synthetic
          "--device_augmentation", "true", "--eval_strategy", "no", *SMALL]
     )  # fmt: skip
     data = prepare_image_classification_data(
-        str(synthetic_cifar100), mean_std="cifar100", mix=True, randaugment_num_ops=2, device_augmentation=True,
+        DataArguments(
+            dataset_name=str(synthetic_cifar100),
+            mean_std="cifar100",
+            mix=True,
+            randaugment_num_ops=2,
+            device_augmentation=True,
+        )
     )
     assert data.batch_augmentation is not None and data.mix_on_device and not data.collator.mix
     batch = data.collator([data.train[i] for i in range(8)])
@@ -173,8 +179,11 @@ def test_device_augmentation_batches_are_uint8_and_mixed_on_the_device(synthetic
     from sigreg_hf.experiments.image_trainer import ImageClassificationTrainer
 
     trainer = ImageClassificationTrainer(
-        model=create_model("mlp", num_classes=100, hidden_size=16, num_hidden_layers=1), args=args,
-        batch_augmentation=data.batch_augmentation, device_mixer=data.collator, clock=data.clock,
+        model=create_model("mlp", num_classes=100, hidden_size=16, num_hidden_layers=1),
+        args=args,
+        batch_augmentation=data.batch_augmentation,
+        device_mixer=data.collator,
+        clock=data.clock,
     )
     inputs, num_items = trainer.augment_on_device(dict(batch), torch.tensor(8))
     assert ROW_COLUMN not in inputs and inputs["pixel_values"].dtype == torch.float32

@@ -214,13 +214,14 @@ def test_incomplete_run_is_refused_before_any_upload(tmp_path, monkeypatch):
 def test_a_trainer_run_recorded_with_run_record_pushes_the_same_files(tmp_path, digits_path, monkeypatch):
     """A SIGRegTrainer trained in-process: RunRecord.from_trainer + write_run_outputs + save_model, then pushed."""
     from sigreg_hf.config import SIGRegConfig
-    from sigreg_hf.experiments.data import prepare_image_classification_data
+    from sigreg_hf.experiments.data import DataArguments, prepare_image_classification_data
     from sigreg_hf.experiments.metrics import build_compute_metrics
     from sigreg_hf.models import create_model
     from sigreg_hf.trainer import SIGRegTrainer
 
-    data = prepare_image_classification_data(str(digits_path), image_size=8, crop_padding=0, hflip=False,
-                                              mean_std="dataset")  # fmt: skip
+    data = prepare_image_classification_data(
+        DataArguments(dataset_name=str(digits_path), image_size=8, crop_padding=0, hflip=False, mean_std="dataset")
+    )
     model = create_model("mlp", num_classes=10, image_size=8, hidden_size=32, num_hidden_layers=2)
     out = tmp_path / "trainer_run"
     args = SIGRegConfig(
@@ -304,8 +305,15 @@ def test_allow_list_for_text_and_adapter_folders_and_remote_code(tmp_path):
                  "my_secrets.py", "optimizer.pt"):  # fmt: skip
         (adapter / name).write_text("{}")
     assert hub_files(adapter) == sorted(
-        ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "generation_config.json", "chat_template.jinja"]  # fmt: skip
+        [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+            "chat_template.jinja",
+        ]  # fmt: skip
     )
     model = tmp_path / "remote"
     model.mkdir()

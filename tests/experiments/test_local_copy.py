@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sigreg_hf.experiments.data import load_image_classification_dataset, local_copy, prepare_image_classification_data
+from sigreg_hf.experiments.data import (
+    DataArguments,
+    load_image_classification_dataset,
+    local_copy,
+    prepare_image_classification_data,
+)
 from sigreg_hf.experiments.data.local_copy import copies_root, folder_fingerprint, load_local_folder
 
 
@@ -86,11 +91,15 @@ def test_a_copy_cut_off_while_saving_is_never_read(tmp_path):
 
 def test_training_data_path_uses_the_copy_and_can_be_switched_off(tmp_path, monkeypatch):
     folder, cache = _imagefolder(tmp_path / "tree"), str(tmp_path / "cache")
-    first = prepare_image_classification_data(str(folder), cache_dir=cache, mean_std="cifar10")
+    first = prepare_image_classification_data(
+        DataArguments(dataset_name=str(folder), dataset_cache_dir=cache, mean_std="cifar10")
+    )
     calls = []
     real_load = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(a) or real_load(*a, **k))
-    again = prepare_image_classification_data(str(folder), cache_dir=cache, mean_std="cifar10")
+    again = prepare_image_classification_data(
+        DataArguments(dataset_name=str(folder), dataset_cache_dir=cache, mean_std="cifar10")
+    )
     assert calls == []
     assert again.num_classes == first.num_classes == 2 and again.id2label == first.id2label
     assert np.array_equal(again.train[0]["pixel_values"].numpy(), first.train[0]["pixel_values"].numpy())

@@ -182,13 +182,15 @@ def test_mlp_mix_rows_apply_randaugment_after_crop_and_flip(name: str, synthetic
     """The three CutMix/MixUp MLP notebooks: RandomCrop(32, 4) -> flip -> RandAugment(2, 9) -> normalise."""
     from torchvision.transforms import v2
 
-    from sigreg_hf.experiments.data import prepare_image_classification_data
+    from sigreg_hf.experiments.data import DataArguments, prepare_image_classification_data
 
     r = load_recipe(name)
     data = prepare_image_classification_data(
-        str(synthetic_cifar100), crop_padding=r["crop_padding"], hflip=r["hflip"],
-        randaugment_num_ops=r["randaugment_num_ops"], randaugment_magnitude=r["randaugment_magnitude"],
-        mean_std=r["mean_std"], mix=r["mix"],
+        DataArguments(
+            dataset_name=str(synthetic_cifar100), crop_padding=r["crop_padding"], hflip=r["hflip"],
+            randaugment_num_ops=r["randaugment_num_ops"], randaugment_magnitude=r["randaugment_magnitude"],
+            mean_std=r["mean_std"], mix=r["mix"],
+        )
     )  # fmt: skip
     batch_transform = data.train.format["format_kwargs"]["transform"]
     steps = batch_transform.transform.transforms  # per image, on uint8

@@ -3,6 +3,7 @@
 See :func:`prepare_image_classification_data` for the one-call path used by ``scripts/train.py``.
 """
 
+from sigreg_hf.experiments.data.arguments import DataArguments
 from sigreg_hf.experiments.data.batch_augment import BatchAugmentation
 from sigreg_hf.experiments.data.cache import class_balanced_subset, compute_mean_std, decode_images
 from sigreg_hf.experiments.data.loading import (
@@ -29,6 +30,7 @@ __all__ = [
     "MEAN_STD_PRESETS",
     "MIX_MARKER",
     "BatchAugmentation",
+    "DataArguments",
     "DatasetUnavailableError",
     "ImageBatchTransform",
     "ImageClassificationCollator",
