@@ -183,8 +183,9 @@ class SIGRegArguments:
             t_max=self.sigreg_t_max,
             warmup_steps=self.sigreg_warmup_steps,
             strong_normalization=self.sigreg_strong_normalization,
+            mask_padding=self.sigreg_mask_padding,
         )
-        for name in ("sigreg_mask_padding", "sigreg_log_per_layer", "sigreg_in_eval"):
+        for name in ("sigreg_log_per_layer", "sigreg_in_eval"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         self.sigreg_layers = normalise_layers(self.sigreg_layers)
@@ -217,50 +218,51 @@ class SIGRegConfig(SIGRegArguments, TrainingArguments):
 
 def validate_sigreg_options(
     *,
-    mode: str,
-    alpha: float,
-    weighting: str,
-    pooling: str,
-    sketch_dim: int,
-    num_points: int,
-    sketch_type: str = "gaussian",
-    t_max: float,
-    warmup_steps: int,
-    strong_normalization: str = "seed",
+    mode: str | None = None,
+    alpha: float | None = None,
+    weighting: str | None = None,
+    pooling: str | None = None,
+    sketch_dim: int | None = None,
+    num_points: int | None = None,
+    sketch_type: str | None = None,
+    t_max: float | None = None,
+    warmup_steps: int | None = None,
+    strong_normalization: str | None = None,
+    mask_padding: bool | None = None,
+    prefix: str = "sigreg_",
 ) -> None:
-    """Raise a ValueError naming the bad option and its allowed values."""
-    if mode not in SIGREG_MODES:
-        raise ValueError(f"sigreg_mode must be one of {SIGREG_MODES}; got {mode!r}.")
-    if weighting not in SIGREG_WEIGHTINGS:
-        raise ValueError(f"sigreg_weighting must be one of {SIGREG_WEIGHTINGS}; got {weighting!r}.")
-    if pooling not in SIGREG_POOLINGS:
-        raise ValueError(f"sigreg_pooling must be one of {SIGREG_POOLINGS}; got {pooling!r}.")
-    if sketch_type not in SIGREG_SKETCH_TYPES:
-        raise ValueError(f"sigreg_sketch_type must be one of {SIGREG_SKETCH_TYPES}; got {sketch_type!r}.")
-    if strong_normalization not in SIGREG_STRONG_NORMALIZATIONS:
-        raise ValueError(
-            f"sigreg_strong_normalization must be one of {SIGREG_STRONG_NORMALIZATIONS}; got {strong_normalization!r}."
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"sigreg_alpha must be a finite number; got {alpha!r}.")
-    if weighting == "convex" and not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            f"sigreg_alpha must lie in [0, 1] for the convex weighting (1-a)*task + a*reg; got {alpha}. "
-            "Use sigreg_weighting='additive' for task + a*reg with a > 1."
-        )
-    if weighting == "additive" and alpha < 0:
-        raise ValueError(f"sigreg_alpha must be >= 0; got {alpha}.")
-    for name, value, minimum in (
-        ("sigreg_sketch_dim", sketch_dim, 1),
-        ("sigreg_num_points", num_points, 2),
-        ("sigreg_warmup_steps", warmup_steps, 0),
+    """Raise a ValueError naming the bad option (``prefix`` + its name) and its allowed values.
+
+    Options left None are not checked: the config checks all of its fields, :class:`~sigreg_hf.taps.SIGRegulariser`
+    the ones it takes (with ``prefix=""``, its keyword names).
+    """
+    choices = (
+        ("mode", mode, SIGREG_MODES),
+        ("weighting", weighting, SIGREG_WEIGHTINGS),
+        ("pooling", pooling, SIGREG_POOLINGS),
+        ("sketch_type", sketch_type, SIGREG_SKETCH_TYPES),
+        ("strong_normalization", strong_normalization, SIGREG_STRONG_NORMALIZATIONS),
+    )
+    for name, value, allowed in choices:
+        if value is not None and value not in allowed:
+            raise ValueError(f"{prefix}{name} must be one of {allowed}; got {value!r}.")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"{prefix}alpha must be a finite number; got {alpha!r}.")
+        if weighting == "convex" and not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"{prefix}alpha must lie in [0, 1] for the convex weighting (1-a)*task + a*reg; got {alpha}. "
+                f"Use {prefix}weighting='additive' for task + a*reg with a > 1."
+            )
+        if weighting == "additive" and alpha < 0:
+            raise ValueError(f"{prefix}alpha must be >= 0; got {alpha}.")
+    for name, value, minimum in (("sketch_dim", sketch_dim, 1), ("num_points", num_points, 2),
+                                 ("warmup_steps", warmup_steps, 0)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ValueError(f"{prefix}{name} must be an integer >= {minimum}; got {value!r}.")
+    if t_max is not None and (
+        isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or t_max <= 0
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if (
-        isinstance(t_max, bool)
-        or not isinstance(t_max, (int, float))
-        or not math.isfinite(t_max)
-        or t_max <= 0
-    ):
-        raise ValueError(f"sigreg_t_max must be a positive finite number; got {t_max!r}.")
+        raise ValueError(f"{prefix}t_max must be a positive finite number; got {t_max!r}.")
+    if mask_padding is not None and not isinstance(mask_padding, bool):
+        raise ValueError(f"{prefix}mask_padding must be True or False; got {mask_padding!r}.")

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sigreg_hf.config import SIGREG_SKETCH_TYPES, SIGREG_STRONG_NORMALIZATIONS
+from sigreg_hf.config import SIGREG_POOLINGS, validate_sigreg_options
 from sigreg_hf.config import normalise_layers as _normalise_layers
 from sigreg_hf.losses import (
     _use_distributed,
@@ -60,8 +60,6 @@ __all__ = [
 ]
 
 Pooling = Literal["auto", "mean", "cls", "flatten", "none"]
-POOLINGS = ("auto", "mean", "cls", "flatten", "none")
-MODES = ("none", "weak", "strong")
 
 # Name components inserted by wrappers; removed so that patterns see the user's model's own names.
 _WRAPPER_COMPONENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
@@ -261,8 +259,8 @@ def pool_hidden_state(
     ``[B, D]`` and feature-map inputs. A row without any real token raises for ``"mean"`` unless
     ``check_empty_rows=False`` (no host sync; such a row then pools to zeros).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
+    if pooling not in SIGREG_POOLINGS:
+        raise ValueError(f"pooling must be one of {SIGREG_POOLINGS}; got {pooling!r}.")
     if x.dim() == 2:
         return x
     if pooling == "none":
@@ -360,19 +358,10 @@ class SIGRegulariser:
         distributed: bool | Literal["auto"] = "auto",
         check_finite: bool = True,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
-        if sketch_type not in SIGREG_SKETCH_TYPES:
-            raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {sketch_type!r}.")
-        if strong_normalization not in SIGREG_STRONG_NORMALIZATIONS:
-            raise ValueError(f"strong_normalization must be 'seed' or 'per_sample'; got {strong_normalization!r}.")
-        if not isinstance(mask_padding, bool):
-            raise ValueError(f"mask_padding must be True or False; got {mask_padding!r}.")
-        for name, value, minimum in (("sketch_dim", sketch_dim, 1), ("num_points", num_points, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+        validate_sigreg_options(
+            mode=mode, pooling=pooling, sketch_dim=sketch_dim, num_points=num_points, sketch_type=sketch_type,
+            t_max=t_max, strong_normalization=strong_normalization, mask_padding=mask_padding, prefix="",
+        )  # fmt: skip
 
         self.model = model
         self.mode: str = mode
