@@ -54,6 +54,7 @@ _TRANSFORMERS_FIXED: dict[str, tuple[list[str], str]] = {
 # with a downsampling: the last block of each stage. Values: regex of the per-stage block containers.
 _TRANSFORMERS_LAST_BLOCK: dict[str, str] = {
     "swin": r"(?:swin\.)?encoder\.layers\.\d+\.blocks",  # stage = blocks, then PatchMerging (downsample)
+    "swinv2": r"(?:swinv2\.)?encoder\.layers\.\d+\.blocks",  # the same layout as Swin
     "poolformer": r"(?:poolformer\.)?encoder\.block\.\d+",  # a ModuleList per stage, never called itself
 }
 

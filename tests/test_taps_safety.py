@@ -179,6 +179,9 @@ def _transformers_model(family: str, deep: bool) -> nn.Module:
         "swin": lambda: tf.SwinForImageClassification(tf.SwinConfig(
             image_size=32, patch_size=4, embed_dim=8, depths=[1, 2 * d, 1], num_heads=[1, 1, 1], window_size=2,
             num_labels=3)),  # fmt: skip
+        "swinv2": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(
+            image_size=32, patch_size=4, embed_dim=8, depths=[1, 2 * d, 1], num_heads=[1, 1, 1], window_size=2,
+            num_labels=3)),  # fmt: skip
         "mobilenet_v1": lambda: tf.MobileNetV1ForImageClassification(
             tf.MobileNetV1Config(depth_multiplier=0.25 * d, image_size=32, num_labels=3)),  # fmt: skip
         "mobilenet_v2": lambda: tf.MobileNetV2ForImageClassification(
@@ -205,6 +208,11 @@ TRANSFORMERS_STAGES = {
     "swin": (
         ["swin.encoder.layers.0.blocks.0", "swin.encoder.layers.1.blocks.1", "swin.encoder.layers.2.blocks.0"],
         ["swin.encoder.layers.0.blocks.0", "swin.encoder.layers.1.blocks.3", "swin.encoder.layers.2.blocks.0"],
+        [8, 16, 32],
+    ),
+    "swinv2": (
+        ["swinv2.encoder.layers.0.blocks.0", "swinv2.encoder.layers.1.blocks.1", "swinv2.encoder.layers.2.blocks.0"],
+        ["swinv2.encoder.layers.0.blocks.0", "swinv2.encoder.layers.1.blocks.3", "swinv2.encoder.layers.2.blocks.0"],
         [8, 16, 32],
     ),
     # flat block lists: the last block before each stride-2 block, and the last one
