@@ -64,6 +64,17 @@ def _check_samples(x: Tensor, minimum: int = 2) -> None:
         raise ValueError(f"SIGReg needs at least one feature column; got shape {tuple(x.shape)}.")
 
 
+def _check_sample_mask(sample_mask: object, x: Tensor) -> Tensor:
+    """``sample_mask`` as a ``[N]`` tensor on ``x``'s device in the statistics' dtype (1 = counted, 0 = left out)."""
+    if not isinstance(sample_mask, Tensor) or sample_mask.dim() != 1 or sample_mask.shape[0] != x.shape[0]:
+        shape = tuple(sample_mask.shape) if isinstance(sample_mask, Tensor) else type(sample_mask).__name__
+        raise ValueError(
+            f"sample_mask must be a [N] = [{x.shape[0]}] tensor (nonzero = the row counts), one entry per row of x; "
+            f"got {shape}."
+        )
+    return (sample_mask.to(device=x.device) != 0).to(_statistics_dtype(x))
+
+
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
@@ -84,7 +95,8 @@ def _check_finite(loss: Tensor, global_count: Tensor | None = None) -> None:
         if count < 2:
             raise ValueError(
                 f"SIGReg needs at least N = 2 samples to estimate a distribution; the global batch over all "
-                f"ranks has N = {int(count)}. Use a larger batch (SIGRegulariser skips such batches itself)."
+                f"ranks (its rows in sample_mask, where given) has N = {int(count)}. Use a larger batch "
+                "(SIGRegulariser skips such batches itself)."
             )
     else:
         finite = bool(torch.isfinite(loss))
@@ -167,15 +179,20 @@ def global_sample_counts(
 
 
 def global_sample_counts_on_device(
-    counts: Sequence[int], *, device: torch.device | str, distributed: DistributedOption = "auto"
+    counts: Sequence[int | Tensor], *, device: torch.device | str, distributed: DistributedOption = "auto"
 ) -> Tensor:
-    """:func:`global_sample_counts` left on ``device`` (int64 ``[len(counts)]``): no host read.
+    """:func:`global_sample_counts` left on ``device`` (int64 ``[len(counts)]``): no host read. A count may be a
+    0-dim tensor already on the device (e.g. the sum of a sample mask).
 
     Under torch.distributed (``distributed`` as in :func:`sigreg_strong`) one all-reduce, enqueued like any
     other kernel; otherwise the counts themselves. The values are filled on the device (a tensor built from a Python
     list would be copied there, and that copy waits for the device's queued work).
     """
-    packed = torch.stack([torch.full((), int(c), dtype=torch.int64, device=device) for c in counts])
+    packed = torch.stack([
+        c.to(device=device, dtype=torch.int64).reshape(()) if isinstance(c, Tensor)
+        else torch.full((), int(c), dtype=torch.int64, device=device)
+        for c in counts
+    ])  # fmt: skip
     if _use_distributed(distributed):
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     return packed
@@ -414,6 +431,7 @@ def sigreg_strong(
     distributed: DistributedOption = "auto",
     check_finite: bool = True,
     normalization: Literal["seed", "per_sample"] = "seed",
+    sample_mask: Tensor | None = None,
 ) -> Tensor:
     """Strong SIGReg: the sliced Epps-Pulley statistic of ``x`` against N(0, I).
 
@@ -440,12 +458,17 @@ def sigreg_strong(
         normalization: ``"seed"`` (N times the integral, the seed's statistic: its expected value under a
             non-Gaussian law grows with N) or ``"per_sample"`` (the integral alone, i.e. divided by the
             global N: a strength independent of the batch size).
+        sample_mask: ``[N]``, nonzero = the row is a sample: the statistic of those rows only (e.g. the real
+            tokens of a padded batch), the same value as ``x[sample_mask]`` without the data-dependent shape,
+            so without a host synchronisation; N is then the number of rows kept (checked with
+            ``check_finite``).
 
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``.
     """
     use_dist = _use_distributed(distributed)
-    _check_samples(x, minimum=0 if use_dist else 2)
+    masked = sample_mask is not None
+    _check_samples(x, minimum=0 if use_dist or masked else 2)
     if normalization not in ("seed", "per_sample"):
         raise ValueError(f"normalization must be 'seed' or 'per_sample'; got {normalization!r}.")
     _check_positive_int(num_slices, "num_slices")
@@ -454,8 +477,9 @@ def sigreg_strong(
         raise ValueError(f"t_max must be a positive finite number; got {t_max!r}.")
     n, c = x.shape
     dtype = _statistics_dtype(x)
+    keep = _check_sample_mask(sample_mask, x) if masked else None
     with _no_autocast(x.device):
-        samples = x.to(dtype)
+        samples = x.to(dtype) if keep is None else x.to(dtype) * keep.unsqueeze(1)  # rows left out: 0, no gradient
         if projection is None:
             projection = draw_projection(c, num_slices, generator=generator, device=x.device, dtype=dtype)
         else:
@@ -470,7 +494,12 @@ def sigreg_strong(
         knots, phi, weighted_phi, multiples = _quadrature_tensors(num_points, float(t_max), x.device, dtype)
 
         sums = _characteristic_sums(proj, knots, multiples)
-        count = torch.full((1,), float(n), device=x.device, dtype=dtype)
+        if keep is None:
+            count = torch.full((1,), float(n), device=x.device, dtype=dtype)
+        else:
+            # a row left out is 0: it added cos(0) = 1 to every cosine sum and sin(0) = 0 to the sine sums
+            count = keep.sum().reshape(1)
+            sums = torch.cat([sums[:1] - (n - count), sums[1:]])
         if use_dist:
             packed = _all_reduce_sum(torch.cat([sums.reshape(-1), count]))
             sums, count = packed[:-1].view_as(sums), packed[-1:]
@@ -482,7 +511,7 @@ def sigreg_strong(
             per_slice = per_slice * count
         loss = per_slice.mean()
     if check_finite:
-        _check_finite(loss, count if use_dist else None)
+        _check_finite(loss, count if use_dist or masked else None)
     return loss
 
 
@@ -498,6 +527,7 @@ def sigreg_weak(
     distributed: DistributedOption = "auto",
     sketch_type: SketchType = "gaussian",
     check_finite: bool = True,
+    sample_mask: Tensor | None = None,
 ) -> Tensor:
     """Weak SIGReg: ``||cov(x @ sketch.T) - I||_F``, the seed's ``sigreg_weak_loss``.
 
@@ -514,12 +544,14 @@ def sigreg_weak(
             are summed across ranks (two small all-reduces), so the covariance is the global one.
         sketch_type: ``"gaussian"`` (default) or ``"orthonormal"`` (unbiased: minimiser exactly I).
         check_finite: raise a ValueError on NaN/Inf inputs.
+        sample_mask: as in :func:`sigreg_strong`: the covariance of the rows kept, without a host sync.
 
     Returns:
         A 0-dim tensor, differentiable w.r.t. ``x``. The covariance uses ``N - 1`` (+1e-6, as the seed).
     """
     use_dist = _use_distributed(distributed)
-    _check_samples(x, minimum=0 if use_dist else 2)
+    masked = sample_mask is not None
+    _check_samples(x, minimum=0 if use_dist or masked else 2)
     _check_positive_int(sketch_dim, "sketch_dim")
     if sketch_type not in ("gaussian", "orthonormal"):
         raise ValueError(f"sketch_type must be 'gaussian' or 'orthonormal'; got {sketch_type!r}.")
@@ -539,13 +571,18 @@ def sigreg_weak(
                 )
             samples = samples @ sketch.to(device=x.device, dtype=dtype).T
         k = samples.shape[1]
-        if use_dist:
-            packed = _all_reduce_sum(
-                torch.cat([samples.sum(dim=0), torch.full((1,), float(n), device=x.device, dtype=dtype)])
-            )
+        keep = _check_sample_mask(sample_mask, x).unsqueeze(1) if masked else None
+        if keep is not None:
+            samples = samples * keep  # rows left out: 0 in the sums, no gradient
+        if use_dist or keep is not None:
+            rows = torch.full((1,), float(n), device=x.device, dtype=dtype) if keep is None else keep.sum().reshape(1)
+            packed = torch.cat([samples.sum(dim=0), rows])
+            packed = _all_reduce_sum(packed) if use_dist else packed
             count = packed[-1]
             centred = samples - packed[:-1] / count.clamp(min=1)  # finite for 0 rows in all (see strong)
-            second = _all_reduce_sum(centred.T @ centred)
+            if keep is not None:
+                centred = centred * keep
+            second = _all_reduce_sum(centred.T @ centred) if use_dist else centred.T @ centred
         else:
             count = n
             centred = samples - samples.mean(dim=0, keepdim=True)
@@ -554,7 +591,7 @@ def sigreg_weak(
         eye = torch.eye(k, device=x.device, dtype=dtype)
         loss = torch.linalg.matrix_norm(cov - eye, ord="fro")
     if check_finite:
-        _check_finite(loss, torch.as_tensor(count, dtype=dtype, device=x.device) if use_dist else None)
+        _check_finite(loss, torch.as_tensor(count, dtype=dtype, device=x.device) if use_dist or masked else None)
     return loss
 
 
@@ -622,9 +659,12 @@ class SIGRegLoss(nn.Module):
         generator: torch.Generator | None = None,
         projection: Tensor | None = None,
         sketch: Tensor | None = None,
+        sample_mask: Tensor | None = None,
     ) -> Tensor:
-        """Compute the statistic of ``x`` ([N, C]); ``projection`` is for strong, ``sketch`` for weak."""
-        common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite}
+        """Compute the statistic of ``x`` ([N, C]); ``projection`` is for strong, ``sketch`` for weak;
+        ``sample_mask`` ([N], nonzero = counted) leaves rows out without a host sync."""
+        common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite,
+                  "sample_mask": sample_mask}  # fmt: skip
         if self.mode == "strong":
             if sketch is not None:
                 raise ValueError("sketch applies to mode='weak'; pass projection=[C, K] for mode='strong'.")

@@ -285,13 +285,17 @@ def pool_hidden_state(
     raise ValueError(f"cannot pool a hidden state of shape {tuple(x.shape)} to [N, C].")
 
 
-def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str, check_empty_rows: bool) -> Tensor:
+def _check_token_mask(x: Tensor, token_mask: Tensor) -> None:
     if token_mask.shape != x.shape[:2]:
         raise ValueError(
             f"token_mask has shape {tuple(token_mask.shape)} but the token states are {tuple(x.shape)} "
             f"([B, L, D] needs a [B, L] = {tuple(x.shape[:2])} mask). A layer whose sequence length differs "
             "from the inputs' needs its own mask: set sigreg_mask_padding=False or override select_hidden_states."
         )
+
+
+def _pool_real_tokens(x: Tensor, token_mask: Tensor, pooling: str, check_empty_rows: bool) -> Tensor:
+    _check_token_mask(x, token_mask)
     real = token_mask.to(device=x.device) != 0
     if pooling == "flatten":
         return x[real]
@@ -598,6 +602,14 @@ class SIGRegulariser:
         With ``attention_mask`` (``[B, L]``) and :attr:`mask_padding`, token states ``[B, L, D]`` are
         pooled over their real tokens only; other shapes do not use it.
         """
+        return {name: rows for name, (rows, _) in self._pool(outputs, attention_mask, keep_padding=False).items()}
+
+    def _pool(
+        self, outputs: Any, attention_mask: Tensor | None, *, keep_padding: bool
+    ) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """``{name: (rows [N, C], sample mask [N] or None)}``. With ``keep_padding``, token states flattened over a
+        padding mask keep every position, and the mask says which rows are samples (the losses' ``sample_mask``):
+        the same statistic as selecting the real tokens, without a data-dependent shape (no host sync)."""
         self._check_in_place()
         selected = self.select_hidden_states(dict(self._captured), outputs)
         if not selected:
@@ -614,20 +626,28 @@ class SIGRegulariser:
                 "Pass the tokenizer's 2-D mask, or set mask_padding=False (sigreg_mask_padding=False)."
             )
         channels_last = self.feature_layout == "NHWC"
-        return {
-            name: pool_hidden_state(
+        pooled: dict[str, tuple[Tensor, Tensor | None]] = {}
+        for name, tensor in selected.items():
+            token_mask = mask if tensor.dim() == 3 else None
+            if keep_padding and token_mask is not None and self.pooling == "flatten":
+                _check_token_mask(tensor, token_mask)
+                pooled[name] = (tensor.reshape(-1, tensor.shape[-1]), token_mask.reshape(-1))
+                continue
+            rows = pool_hidden_state(
                 tensor.permute(0, 3, 1, 2) if channels_last and tensor.dim() == 4 else tensor,
                 self.pooling,
-                token_mask=mask if tensor.dim() == 3 else None,
+                token_mask=token_mask,
                 check_empty_rows=self.check_finite,  # both checks sync with the host; the trainer skips them
             )
-            for name, tensor in selected.items()
-        }
+            pooled[name] = (rows, None)
+        return pooled
 
-    def layer_loss(self, x: Tensor, *, step: int, layer_index: int) -> Tensor:
-        """The chosen statistic of one ``[N, C]`` hidden state, with the (seed, step, layer) generator."""
+    def layer_loss(self, x: Tensor, *, step: int, layer_index: int, sample_mask: Tensor | None = None) -> Tensor:
+        """The chosen statistic of one ``[N, C]`` hidden state, with the (seed, step, layer) generator
+        (``sample_mask``: the rows that are samples, see :func:`sigreg_hf.losses.sigreg_weak`)."""
         generator = step_generator(self.seed, step, layer_index)
-        common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite}
+        common = {"generator": generator, "distributed": self.distributed, "check_finite": self.check_finite,
+                  "sample_mask": sample_mask}  # fmt: skip
         if self.mode == "strong":
             projection = None
             if self.sketch_type == "orthonormal":
@@ -674,14 +694,19 @@ class SIGRegulariser:
             step = self._calls
         self._calls += 1
         try:
-            pooled = self.pooled(outputs, attention_mask=attention_mask)
+            pooled_masked = self._pool(outputs, attention_mask, keep_padding=not self.check_finite)
         finally:
             self.clear()
+        pooled = {name: rows for name, (rows, _) in pooled_masked.items()}
+        masks = {name: mask for name, (_, mask) in pooled_masked.items()}
         first = next(iter(pooled.values()))
-        local = [x.shape[0] for x in pooled.values()]
-        on_device = not self.check_finite and _use_distributed(self.distributed)
+        local = [x.shape[0] if masks[name] is None else (masks[name] != 0).sum() for name, x in pooled.items()]
+        on_device = not self.check_finite and (
+            _use_distributed(self.distributed) or any(m is not None for m in masks.values())
+        )
         if on_device:
-            # the skip decision stays on the device: no host read per step under DDP (the trainer's setting)
+            # the skip decision stays on the device: no host read per step under DDP or with padding masks (the
+            # trainer's setting)
             counts = global_sample_counts_on_device(local, device=first.device, distributed=self.distributed)
             counted = (counts >= 2).all()
             skipped = (~counted).to(torch.int64)
@@ -694,7 +719,8 @@ class SIGRegulariser:
             counted = True
         self.last_batch_counted = counted
         losses = {
-            name: self.layer_loss(x, step=step, layer_index=index) for index, (name, x) in enumerate(pooled.items())
+            name: self.layer_loss(x, step=step, layer_index=index, sample_mask=masks[name])
+            for index, (name, x) in enumerate(pooled.items())
         }
         self.layer_losses = losses
         values = list(losses.values())

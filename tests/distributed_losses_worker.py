@@ -22,6 +22,14 @@ def full_batch() -> torch.Tensor:
     return torch.randn(sum(UNEVEN_SPLIT), 80, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.3
 
 
+def sample_mask() -> torch.Tensor:
+    """Which rows of :func:`full_batch` are samples (e.g. real tokens): rank 1 keeps one row only."""
+    mask = torch.rand(sum(UNEVEN_SPLIT), generator=torch.Generator().manual_seed(7)) > 0.4
+    mask[UNEVEN_SPLIT[0] :] = False
+    mask[UNEVEN_SPLIT[0] + 2] = True
+    return mask
+
+
 def ddp_batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return torch.randn(2 * DDP_ROWS_PER_RANK, 10, generator=g), torch.randn(2 * DDP_ROWS_PER_RANK, 3, generator=g)
@@ -61,6 +69,12 @@ def main() -> None:
     (strong_grad,) = torch.autograd.grad(strong, local)
     (weak_grad,) = torch.autograd.grad(weak, local)
     local_only = sigreg_weak(local.detach(), generator=torch.Generator().manual_seed(6), distributed=False)
+    keep = sample_mask()[start : start + UNEVEN_SPLIT[rank]]
+    masked = {
+        name: loss(local, generator=torch.Generator().manual_seed(8), sample_mask=keep)
+        for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong))
+    }
+    masked_grads = {name: torch.autograd.grad(value, local)[0] for name, value in masked.items()}
 
     x, y = ddp_batch()
     rows = slice(rank * DDP_ROWS_PER_RANK, (rank + 1) * DDP_ROWS_PER_RANK)
@@ -81,6 +95,8 @@ def main() -> None:
             "strong_grad": strong_grad,
             "weak_grad": weak_grad,
             "local_only_weak": local_only,
+            "masked": {name: value.detach() for name, value in masked.items()},
+            "masked_grads": masked_grads,
             "start": start,
             "ddp_losses": losses,
             "ddp_grads": grads,

@@ -316,6 +316,41 @@ def test_errors_say_what_is_wrong(call, match):
         call()
 
 
+@pytest.mark.parametrize(
+    ("loss", "options"),
+    [(sigreg_weak, {"sketch_dim": 6}), (sigreg_weak, {"sketch_dim": 6, "sketch_type": "orthonormal"}),
+     (sigreg_weak, {"sketch_dim": 64}), (sigreg_strong, {"num_slices": 8}),
+     (sigreg_strong, {"num_slices": 8, "normalization": "per_sample"})],
+)  # fmt: skip
+def test_a_sample_mask_gives_the_statistic_of_the_rows_it_keeps(loss, options):
+    """sample_mask = selecting the rows, in value and gradient (rows left out get none), without the selection."""
+    x = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1.3 + 0.2
+    x.requires_grad_(True)
+    keep = torch.rand(40, generator=torch.Generator().manual_seed(1)) > 0.4
+    want = loss(x[keep], generator=torch.Generator().manual_seed(2), **options)
+    got = loss(x, generator=torch.Generator().manual_seed(2), sample_mask=keep.int(), **options)
+    (want_grad,) = torch.autograd.grad(want, x)
+    (got_grad,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-14)
+    assert not got_grad[~keep].any()
+    module = SIGRegLoss("strong" if loss is sigreg_strong else "weak", **options)
+    torch.testing.assert_close(module(x, generator=torch.Generator().manual_seed(2), sample_mask=keep), want)
+
+
+def test_a_sample_mask_is_checked():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"sample_mask must be a \[N\] = \[6\] tensor"):
+        sigreg_weak(x, sample_mask=torch.ones(5))
+    with pytest.raises(ValueError, match=r"sample_mask must be a \[N\] = \[6\] tensor"):
+        sigreg_strong(x, sample_mask=[1] * 6)
+    one = torch.tensor([0, 0, 1, 0, 0, 0])
+    for loss in (sigreg_weak, sigreg_strong):  # one row kept: too few samples, said as for a batch of one
+        with pytest.raises(ValueError, match="at least N = 2 samples.*has N = 1"):
+            loss(x, sample_mask=one)
+        assert torch.isfinite(loss(x, sample_mask=one, check_finite=False))  # finite for the caller to mask
+
+
 def test_module_can_be_built_before_the_process_group():
     """distributed=True is checked when the loss runs, not when the module is built (before accelerate/DDP)."""
     SIGRegLoss(mode="strong", distributed=True)

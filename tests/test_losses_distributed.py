@@ -38,6 +38,20 @@ def test_local_rows_get_world_size_times_their_global_gradient(ranks):
         torch.testing.assert_close(r["weak_grad"] / 2, weak_grad[rows], rtol=1e-4, atol=1e-7)
 
 
+def test_sample_masks_select_the_global_samples(ranks):
+    """Each rank's sample_mask over its rows: the statistic of the rows kept on all ranks, gradients included."""
+    full = worker.full_batch().requires_grad_(True)
+    keep = worker.sample_mask()
+    for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong)):
+        want = loss(full[keep], generator=torch.Generator().manual_seed(8))
+        (want_grad,) = torch.autograd.grad(want, full)
+        for r, n in zip(ranks, worker.UNEVEN_SPLIT, strict=True):
+            torch.testing.assert_close(r["masked"][name], want.detach(), rtol=1e-5, atol=0)
+            rows = slice(r["start"], r["start"] + n)
+            torch.testing.assert_close(r["masked_grads"][name] / 2, want_grad[rows], rtol=1e-4, atol=1e-7)
+            assert not r["masked_grads"][name][~keep[rows]].any()  # rows left out get no gradient
+
+
 def test_ddp_averaged_gradients_equal_single_process_gradients(ranks):
     x, y = worker.ddp_batch()
     model = worker.Net()

@@ -11,6 +11,8 @@ import pytest
 import torch
 from sigreg_test_models import FAMILIES, DictDataset
 
+from sigreg_hf import sigreg_weak
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -34,6 +36,7 @@ def stand_ins() -> dict:
         "model": model, "train": train, "test": test, "loader": loader,
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
         "h": torch.randn(256, 32), "g": torch.Generator().manual_seed(0),
+        "tokens": torch.randn(16, 8, 32), "attention_mask": padded_text(16, 2).columns["attention_mask"],
     }  # fmt: skip
 
 
@@ -58,6 +61,8 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
         assert any(not torch.equal(after[n].detach(), p) for n, p in before.items())
     if index == 2:
         assert torch.isfinite(namespace["reg"]) and namespace["loss_fn"](namespace["h"]) >= 0
+        real = namespace["tokens"][namespace["attention_mask"].bool()]  # C = 32 <= 64: no random sketch
+        torch.testing.assert_close(namespace["reg"], sigreg_weak(real))
 
 
 def test_readme_trl_example_runs(tmp_path, monkeypatch):

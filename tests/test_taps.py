@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -106,6 +107,46 @@ def test_padding_does_not_change_the_loss_of_text_models(family):
                 assert pooled[0].shape[0] == 48 * 8 and pooled[1].shape[0] == 48 * 12
             else:
                 assert (pooled[0] - pooled[1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("mode", ["weak", "strong"])
+def test_padding_is_left_out_without_selecting_the_real_tokens(mode, caplog):
+    """check_finite=False (the trainer's setting): flattened token states keep every position and the padding
+    mask goes to the losses as sample_mask (no data-dependent shape, so no host sync); loss and gradients equal
+    the selection of the real tokens (check_finite=True)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 60, (6, 8), generator=g)
+    mask = (torch.arange(8) < torch.tensor([8, 3, 5, 1, 8, 6])[:, None]).long()
+    results = []
+    for check_finite in (True, False):
+        model = FAMILIES["llama"].model()
+        reg = SIGRegulariser(model, mode=mode, sketch_dim=16, check_finite=check_finite)
+        assert reg.pooling == "flatten"
+        with reg:
+            model(input_ids=ids, attention_mask=mask)
+            loss = reg.loss(step=1, attention_mask=mask)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()], reg.last_batch_counted))
+    (selected, grads, counted), (masked, masked_grads, counted_on_device) = results
+    assert counted is True and isinstance(counted_on_device, torch.Tensor) and bool(counted_on_device)
+    torch.testing.assert_close(masked, selected, rtol=1e-5, atol=1e-6)
+    for want, got in zip(grads, masked_grads, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # a batch with a single real token: too few samples, decided on the device (a zero in the graph)
+    model = FAMILIES["llama"].model()
+    reg = SIGRegulariser(model, mode=mode, sketch_dim=16, check_finite=False)
+    one = torch.zeros(6, 8, dtype=torch.long)
+    one[2, 0] = 1
+    with reg, caplog.at_level(logging.WARNING, logger="sigreg_hf.taps"):
+        model(input_ids=ids, attention_mask=one)
+        loss = reg.loss(step=1, attention_mask=one)
+        loss.backward()
+        assert loss.item() == 0.0 and not bool(reg.last_batch_counted)
+        assert reg.num_skipped_batches == 1 and "too small for the statistic" in caplog.text
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
 def test_encoder_decoder_mask_is_not_applied_to_decoder_states():

@@ -411,7 +411,7 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
         want = loss(pair, generator=torch.Generator().manual_seed(4))
         for r in ranks:
             torch.testing.assert_close(r["functional"][((1, 1), name)], want, rtol=1e-5, atol=1e-6)
-            assert "the global batch over all ranks has N = 1" in r["functional"][((1, 0), name)]
+            assert "over all ranks (its rows in sample_mask, where given) has N = 1" in r["functional"][((1, 0), name)]
 
 
 def test_trainer_logs_and_describes_its_taps_when_training_starts(tmp_path, caplog):

@@ -509,6 +509,32 @@ def test_trainer_pools_text_states_over_real_tokens(tmp_path):
     assert values[False][0] != pytest.approx(values[False][1], rel=1e-2)
 
 
+@pytest.mark.parametrize("mode", ["weak", "strong"])
+def test_a_causal_lm_on_padded_batches_trains_without_a_host_sync(mode, tmp_path):
+    """Every real token a sample (the causal-LM default) with padding: the mask goes to the losses, so the step
+    has no data-dependent shape and reads nothing on the host (tests/host_sync.py records what it would)."""
+    from host_sync import HostSyncRecorder, RecordSteps
+    from sigreg_test_models import DictDataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 60, (32, 8), generator=g)
+    mask = (torch.arange(8) < torch.randint(2, 9, (32,), generator=g)[:, None]).long()
+    data = DictDataset(input_ids=ids * mask, attention_mask=mask, labels=torch.where(mask == 1, ids, -100))
+    recorder = HostSyncRecorder()
+    trainer = SIGRegTrainer(model=FAMILIES["llama"].model(), args=training_args(tmp_path, sigreg_mode=mode,
+                            per_device_train_batch_size=8, max_steps=4), train_dataset=data,
+                            callbacks=[RecordSteps(recorder)])  # fmt: skip
+    assert trainer.regulariser.pooling == "flatten"
+    trainer.train()
+    assert recorder.offenders == []
+    assert len(losses(trainer.state.log_history, "sigreg_loss")) == 4
+    # the recorder sees the selection of real tokens that a host-side decision makes
+    with trainer.regulariser, HostSyncRecorder() as probe:
+        trainer.model(input_ids=ids[:4], attention_mask=mask[:4])
+        trainer.regulariser.pooled(attention_mask=mask[:4])
+    assert probe.offenders and "_pool_real_tokens" in probe.offenders[0]
+
+
 def test_lora_adapters_train_with_sigreg_on_the_base_models_layer_names(tmp_path):
     """A PEFT (LoRA) causal LM: taps use the base model's names, the regulariser's gradient reaches the adapters
     through the tapped blocks, and the frozen base weights stay as they were."""

@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from host_sync import HostSyncRecorder, RecordSteps  # this script's folder is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for host_sync
+from host_sync import HostSyncRecorder, RecordSteps  # noqa: E402
 
-from sigreg_hf.experiments import cli_train
+from sigreg_hf.experiments import cli_train  # noqa: E402
 
 
 def main() -> None:

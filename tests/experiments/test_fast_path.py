@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from host_sync import HostSyncRecorder, RecordSteps  # tests/experiments is on sys.path (rootdir-less tests)
+from host_sync import HostSyncRecorder, RecordSteps  # tests/host_sync.py (tests/ is on sys.path)
 
 import sigreg_hf.models  # noqa: F401  (registers the Auto classes)
 from sigreg_hf.experiments import cli_train

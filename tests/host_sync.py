@@ -1,13 +1,25 @@
-"""A recorder of tensor-to-host reads made by the project's training step (tests/experiments/test_fast_path.py)."""
+"""A recorder of tensor-to-host reads made by the project's training step (test_fast_path.py, test_taps.py)."""
 
 from __future__ import annotations
 
 import traceback
 
+import torch
 from torch.overrides import TorchFunctionMode
 from transformers import TrainerCallback
 
-_SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"}
+_SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy",
+          "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"}  # fmt: skip
+#: Indexing with a boolean mask has a data-dependent shape: the host waits for the mask.
+_INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}
+
+
+def _has_bool_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    if isinstance(value, (tuple, list)):
+        return any(_has_bool_tensor(v) for v in value)
+    return False
 #: The training step's own code (the data pipeline runs in DataLoader workers on the host by design). Not
 #: recorded, because their reads are of host tensors only, which a CPU run cannot tell from device ones:
 #: experiments/data/batch_augment.py (its per-image parameters are drawn on the host and grouped there) and
@@ -25,7 +37,8 @@ class HostSyncRecorder(TorchFunctionMode):
         self.offenders: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in _SYNCS:
+        name = getattr(func, "__name__", "")
+        if name in _SYNCS or (name in _INDEXING and len(args) > 1 and _has_bool_tensor(args[1])):
             stack = traceback.extract_stack()[:-1]
             callers = [f for f in stack if "/torch/" not in f.filename.replace("\\", "/")]
             caller = callers[-1] if callers else None  # the line that asked for the value
