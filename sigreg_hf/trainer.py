@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,13 +76,19 @@ def _host_floats(items: list[Tensor | float]) -> list[float]:
     return [next(read) if isinstance(item, Tensor) else float(item) for item in items]
 
 
-def _reduce_metric(entries: list[tuple[Tensor | float, Tensor | float]], *, total: bool = False) -> float | None:
+def _reduce_metric(
+    entries: list[tuple[Tensor | float, Tensor | float]], *, total: bool = False, nan_inf_filter: bool = False
+) -> float | None:
     """The weighted mean of ``(value, weight)`` entries (``total``: the weighted sum); None when nothing counts.
 
     A value of weight 0 never reaches the result, not even a non-finite one (a skipped batch's statistic).
+    ``nan_inf_filter`` (the Trainer's ``logging_nan_inf_filter``, as it treats its own loss): non-finite values
+    are left out while finite ones remain (a batch without a target token has a NaN task loss).
     """
     floats = _host_floats([item for entry in entries for item in entry])
     kept = [(value, weight) for value, weight in zip(floats[::2], floats[1::2], strict=True) if weight]
+    if nan_inf_filter and any(math.isfinite(value) for value, _ in kept):
+        kept = [(value, weight) for value, weight in kept if math.isfinite(value)]
     weighted = sum(value * weight for value, weight in kept)
     if total:
         return weighted or None
@@ -370,9 +377,10 @@ class SIGRegMixin:
         """Merge the averaged SIGReg metrics into ``logs`` (prefixed in evaluation), then clear them."""
         mode = "eval" if self._sigreg_eval_prefix is not None else "train"
         reduced = {
-            name: _reduce_metric(entries, total=name == "sigreg_skipped_batches")  # a count, not a mean
+            name: _reduce_metric(entries, total=name == "sigreg_skipped_batches",  # a count, not a mean
+                                 nan_inf_filter=self.args.logging_nan_inf_filter)
             for name, entries in self._sigreg_metrics[mode].items()
-        }
+        }  # fmt: skip
         averaged = {name: value for name, value in reduced.items() if value is not None}
         if self.regulariser is not None and averaged.get("sigreg_skipped_batches"):
             _ = self.regulariser.num_skipped_batches  # reads a device-side count: its one-time warning comes now

@@ -356,7 +356,11 @@ def test_metrics_decided_on_the_device_leave_skipped_batches_out():
     nan, one, zero = torch.tensor(float("nan")), torch.tensor(1.0), torch.tensor(0.0)
     assert _reduce_metric([(torch.tensor(2.0), one), (nan, zero), (4.0, 1.0)]) == 3.0  # weight 0: even NaN is out
     assert _reduce_metric([(nan, zero)]) is None  # nothing counted: no metric
-    assert math.isnan(_reduce_metric([(nan, one), (torch.tensor(1.0), one)]))  # a diverged statistic still shows
+    assert math.isnan(_reduce_metric([(nan, one), (torch.tensor(1.0), one)]))  # a diverged statistic shows
+    # logging_nan_inf_filter (the Trainer's default, as for its own loss): non-finite values left out while finite
+    # ones remain (an evaluation batch without a target token has a NaN task loss), shown when all are non-finite
+    assert _reduce_metric([(nan, one), (torch.tensor(1.0), one)], nan_inf_filter=True) == 1.0
+    assert math.isnan(_reduce_metric([(nan, one), (nan, 1.0)], nan_inf_filter=True))
     assert _reduce_metric([(one, 1.0), (zero, 1.0), (one, 1.0)], total=True) == 2.0  # skipped batches: a count
     assert _reduce_metric([(zero, 1.0)], total=True) is None
 

@@ -535,6 +535,23 @@ def test_a_causal_lm_on_padded_batches_trains_without_a_host_sync(mode, tmp_path
     assert probe.offenders and "_pool_real_tokens" in probe.offenders[0]
 
 
+def test_evaluating_a_causal_lm_with_a_one_token_batch_keeps_its_metrics_finite(tmp_path):
+    """The last evaluation batch holds one sequence of one real token: no target for the task loss (NaN, which the
+    Trainer leaves out of eval_loss, and so do the SIGReg metrics) and too few samples for the statistic."""
+    from sigreg_test_models import DictDataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 60, (17, 8), generator=g)
+    mask = (torch.arange(8) < torch.randint(2, 9, (17,), generator=g)[:, None]).long()
+    mask[16] = torch.tensor([1, 0, 0, 0, 0, 0, 0, 0])
+    data = DictDataset(input_ids=ids * mask, attention_mask=mask, labels=torch.where(mask == 1, ids, -100))
+    args = training_args(tmp_path, per_device_eval_batch_size=8, sigreg_in_eval=True)
+    trainer = SIGRegTrainer(model=FAMILIES["llama"].model(), args=args, eval_dataset=data)
+    metrics = trainer.evaluate()
+    assert metrics["eval_sigreg_skipped_batches"] == 1.0 and trainer.regulariser.num_skipped_batches == 1
+    assert all(math.isfinite(metrics[f"eval_{name}"]) for name in ("loss", "task_loss", "sigreg_loss"))
+
+
 def test_lora_adapters_train_with_sigreg_on_the_base_models_layer_names(tmp_path):
     """A PEFT (LoRA) causal LM: taps use the base model's names, the regulariser's gradient reaches the adapters
     through the tapped blocks, and the frozen base weights stay as they were."""
