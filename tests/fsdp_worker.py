@@ -23,7 +23,7 @@ from sigreg_hf.taps import SIGRegulariser  # noqa: E402
 STEPS = 3
 GLOBAL_BATCH = 16
 ALPHA = 0.5
-CASES = (("vit", "strong"), ("vit", "weak"), ("bert", "weak"))
+CASES = (("vit", "strong"), ("vit", "weak"), ("bert", "weak"), ("llama", "strong"))
 
 
 def batches(family: str) -> list[dict[str, torch.Tensor]]:
@@ -34,16 +34,22 @@ def batches(family: str) -> list[dict[str, torch.Tensor]]:
         if family == "vit":
             out.append({"pixel_values": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g),
                         "labels": torch.randint(0, 10, (GLOBAL_BATCH,), generator=g)})  # fmt: skip
-        else:
+        elif family == "bert":
             mask = (torch.arange(8) < torch.randint(2, 9, (GLOBAL_BATCH,), generator=g)[:, None]).long()
             ids = torch.randint(1, 60, (GLOBAL_BATCH, 8), generator=g) * mask
             out.append({"input_ids": ids, "attention_mask": mask,
                         "labels": torch.randint(0, 3, (GLOBAL_BATCH,), generator=g)})  # fmt: skip
+        else:  # causal LM, every real token a sample; both halves have the same lengths (the same target count)
+            half = torch.randint(2, 9, (GLOBAL_BATCH // 2,), generator=g)
+            mask = (torch.arange(8) < torch.cat([half, half.flip(0)])[:, None]).long()
+            ids = torch.randint(1, 60, (GLOBAL_BATCH, 8), generator=g) * mask
+            out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask == 1, ids, -100)})
     return out
 
 
 def blocks(model: nn.Module, family: str) -> list[nn.Module]:
-    return list(model.vit.layers) if family == "vit" else list(model.bert.encoder.layer)
+    return {"vit": lambda: model.vit.layers, "bert": lambda: model.bert.encoder.layer,
+            "llama": lambda: model.model.layers}[family]()  # fmt: skip
 
 
 def train(family: str, mode: str, rank: int = 0, world_size: int = 1, mesh: Any = None) -> dict[str, Any]:
@@ -56,7 +62,9 @@ def train(family: str, mode: str, rank: int = 0, world_size: int = 1, mesh: Any 
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-    reg = SIGRegulariser(model, mode=mode, sketch_dim=16, seed=11)
+    # one process: the strict path (real tokens selected, decisions read on the host); the ranks: the trainer's
+    # (check_finite=False: padding kept with a sample mask, decisions on the device)
+    reg = SIGRegulariser(model, mode=mode, sketch_dim=16, seed=11, check_finite=mesh is None)
     logged = []
     for step, batch in enumerate(batches(family)):
         local = {k: v.chunk(world_size)[rank] for k, v in batch.items()}

@@ -2,7 +2,9 @@
 
 accelerate only enables FSDP for accelerator backends, so this drives ``torch.distributed.fsdp.fully_shard``
 directly, the way a custom training loop would: hooks on sharded transformer blocks, global-batch statistics,
-FSDP's gradient averaging. Losses and the parameters after 3 SGD steps must match one process on whole batches.
+FSDP's gradient averaging. Losses and the parameters after 3 SGD steps must match one process on whole batches
+(the ranks run the trainer's check_finite=False path: padded tokens kept with a sample mask, decisions on the
+device; the one process the strict path that selects the real tokens).
 """
 
 from __future__ import annotations
