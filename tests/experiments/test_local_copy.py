@@ -71,7 +71,12 @@ def test_any_change_to_the_folder_makes_a_new_copy(tmp_path, change):
     reloaded = load_local_folder(folder, cache_dir=cache)
     expected = {"edit": n_before, "add": n_before + 1, "remove": n_before - 1}[change]
     assert n_after == expected and len(reloaded["train"]) + len(reloaded["test"]) == expected
-    assert sorted(p.name for p in copies_root(cache).iterdir()) == sorted([key_before, key_after])
+    # the earlier state's copy is gone (no run can read it again); another folder's copy stays
+    assert [p.name for p in copies_root(cache).iterdir()] == [key_after]
+    other = load_local_folder(_imagefolder(tmp_path / "other"), cache_dir=cache)
+    assert len(other["train"]) == 6 and len(list(copies_root(cache).iterdir())) == 2
+    load_local_folder(folder, cache_dir=cache)  # unchanged: read, nothing removed
+    assert len(list(copies_root(cache).iterdir())) == 2
 
 
 def test_a_copy_cut_off_while_saving_is_never_read(tmp_path):

@@ -7,7 +7,8 @@ path, size and modification time (one ``os.scandir`` walk: a fraction of a secon
 unchanged folder read that copy, memory-mapped. Adding, removing or editing any file changes the key, so a
 stale copy is never read. Image columns are saved as the files' paths (``save_to_disk`` would otherwise
 embed every image), so an error still names the file, and a copy is small (about 3 MB for CIFAR-10).
-Copies live under ``<datasets cache>/sigreg_hf_local_copies/<key>``.
+Copies live under ``<datasets cache>/sigreg_hf_local_copies/<key>``; saving a folder's new state removes the
+copies of its earlier states.
 """
 
 from __future__ import annotations
@@ -116,7 +117,24 @@ def load_local_folder(
                 f"{target} exists but is not a complete dataset copy (no {_COMPLETE_MARKER}); it was not written "
                 "by this project's loader. Remove that folder and run again, or pass --local_copy false."
             ) from err
+    _remove_superseded(target, source=str(Path(folder).resolve()), config_name=config_name)
     return _restore_images(datasets.load_from_disk(str(target)), target)
+
+
+def _remove_superseded(current: Path, *, source: str, config_name: str | None) -> None:
+    """Delete this loader's earlier copies of the same folder and configuration: the folder has left their state,
+    so no run reads them again (a folder put back exactly as it was is copied anew). Only folders that carry this
+    loader's completion marker naming that source are touched."""
+    for other in current.parent.iterdir():
+        if other == current or ".partial-" in other.name:
+            continue
+        try:
+            info = json.loads((other / _COMPLETE_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("source") == source and info.get("config") == config_name:
+            shutil.rmtree(other, ignore_errors=True)
+            logger.info("Removed the copy %s of an earlier state of %s.", other, source)
 
 
 def _features_with_paths(features: datasets.Features, image_columns: dict[str, dict]) -> datasets.Features:
