@@ -400,7 +400,7 @@ class SIGRegulariser:
         self._num_skipped_host = 0
         self._skipped_device: Tensor | None = None  # skipped batches counted on the device (see loss())
         #: Whether the last :meth:`loss` had enough samples to count: a bool, or a 0-dim bool tensor on the
-        #: device under torch.distributed with ``check_finite=False`` (read it only when logging).
+        #: device where the decision is taken there (see :meth:`loss`; read it only when logging).
         self.last_batch_counted: bool | Tensor = True
         self._warned_small_batch = False
         self._call_counts: dict[str, int] = {}
@@ -679,10 +679,15 @@ class SIGRegulariser:
         A micro-batch too small for the statistic (fewer than 2 samples in a pooled state; under
         torch.distributed, in the global batch of all ranks, so that every rank decides alike) contributes
         no regulariser: the result is a zero connected to the graph, :attr:`num_skipped_batches` counts it,
-        and the first such batch logs a warning. Under torch.distributed with ``check_finite=False`` the
-        decision is taken on the device (one small all-reduce of the counts, no host read): the statistic is
-        computed (finite) and replaced by that zero, :attr:`last_batch_counted` is a device bool, and the count
-        and warning come when :attr:`num_skipped_batches` is read.
+        and the first such batch logs a warning. With ``check_finite=False`` (the trainer's setting), under
+        torch.distributed or with a padding mask, the decision is taken on the device (no host read; under
+        torch.distributed one small all-reduce of the counts): the statistic is computed (finite) and replaced
+        by that zero, :attr:`last_batch_counted` is a device bool (:attr:`layer_losses` then hold the unused
+        values), and the count and warning come when :attr:`num_skipped_batches` is read.
+
+        With ``check_finite=False`` and a padding mask, token states flattened to samples keep every position
+        and the mask goes to the losses (``sample_mask``): the statistic of the real tokens without selecting
+        them (a data-dependent shape would make the host wait for the device).
 
         The captured states are used once: ``loss()`` forgets them (as does the start of the model's next
         forward), so a loop of forward + ``loss()`` never mixes two forwards' states, even when the model's
@@ -734,9 +739,9 @@ class SIGRegulariser:
     def num_skipped_batches(self) -> int:
         """Micro-batches too small for the statistic (global N < 2): they contributed no regulariser.
 
-        Under torch.distributed with ``check_finite=False`` (the trainer's setting) the count is kept on the
-        device and read here, so reading it synchronises with the device; the one-time warning then comes
-        from this read (the trainer reads it when it logs).
+        Where :meth:`loss` decides on the device (``check_finite=False`` under torch.distributed or with a padding
+        mask) the count is kept there and read here, so reading it synchronises with the device; the one-time
+        warning then comes from this read (the trainer reads it when it logs).
         """
         if self._skipped_device is not None:
             pending = int(self._skipped_device)
@@ -744,8 +749,7 @@ class SIGRegulariser:
             if pending:
                 self._num_skipped_host += pending
                 self._warn_small_batch(
-                    f"{pending} micro-batch(es) whose global batch over all ranks had fewer than 2 samples in a "
-                    "tapped state"
+                    f"{pending} micro-batch(es) with fewer than 2 samples in a tapped state, over all ranks"
                 )
         return self._num_skipped_host
 

@@ -408,7 +408,7 @@ def test_ranks_with_zero_or_one_rows_decide_from_the_global_batch(tmp_path):
             assert all(r["skipped"] == skipped for r in got)
     for r in ranks:  # once per regulariser, whether the count was read on the host or kept on the device
         assert len(r["warnings"]) == 4, r["warnings"]
-        assert sum("over all ranks had fewer than 2 samples" in w for w in r["warnings"]) == 2
+        assert sum("with fewer than 2 samples in a tapped state, over all ranks" in w for w in r["warnings"]) == 2
     # the functional losses use the global N under torch.distributed: a rank may hold a single row
     pair = torch.randn(2, small_worker.FEATURES, generator=torch.Generator().manual_seed(3))
     for name, loss in (("weak", sigreg_weak), ("strong", sigreg_strong)):
