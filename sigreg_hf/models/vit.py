@@ -101,6 +101,25 @@ class _SigregViTBase(SigregPreTrainedModel):
     sigreg_tap_patterns: ClassVar[list[str]] = [r"blocks\.\d+"]
     sigreg_tap_pooling: ClassVar[str] = "mean"
 
+    def _build_patch_embed(self, config: SigregViTRopeConfig | SigregViTPeakConfig) -> None:
+        self.patch_embed = PatchEmbed(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.in_chans,
+            embed_dim=config.hidden_size,
+        )
+
+    def _build_trunk(self, config: SigregViTRopeConfig | SigregViTPeakConfig, block: Any) -> None:
+        """``blocks`` (``block(drop_path=rate)`` per layer, timm's attention kernel per ``fused_attention``), the
+        final norm and the head; then the weights' initialisation."""
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+        self.blocks = nn.ModuleList(block(drop_path=rate) for rate in rates)
+        for each in self.blocks:
+            each.attn.fused_attn = config.fused_attention
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
     def _init_vit_module(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -130,32 +149,21 @@ class SigregViTRopeForImageClassification(_SigregViTBase):
 
     def __init__(self, config: SigregViTRopeConfig) -> None:
         super().__init__(config)
-        self.patch_embed = PatchEmbed(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.hidden_size,
-        )
-        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-        self.blocks = nn.ModuleList(
-            EvaBlock(
+        self._build_patch_embed(config)
+        self._build_trunk(
+            config,
+            partial(
+                EvaBlock,
                 dim=config.hidden_size,
                 num_heads=config.num_attention_heads,
                 qkv_bias=config.qkv_bias,
                 mlp_ratio=config.mlp_ratio,
                 num_prefix_tokens=0,
                 rotate_half=config.rope_variant == "reference",
-                drop_path=rate,
                 act_layer=nn.GELU,
                 norm_layer=_layer_norm(config.layer_norm_eps),
-            )
-            for rate in rates
+            ),
         )
-        for block in self.blocks:
-            block.attn.fused_attn = config.fused_attention
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.head = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         self._init_vit_module(module)
@@ -214,33 +222,22 @@ class SigregViTPeakForImageClassification(_SigregViTBase):
 
     def __init__(self, config: SigregViTPeakConfig) -> None:
         super().__init__(config)
-        self.patch_embed = PatchEmbed(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.hidden_size,
-        )
+        self._build_patch_embed(config)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.empty(1, 1, config.hidden_size))
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches + 1, config.hidden_size))
-        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-        self.blocks = nn.ModuleList(
-            Block(
+        self._build_trunk(
+            config,
+            partial(
+                Block,
                 dim=config.hidden_size,
                 num_heads=config.num_attention_heads,
                 mlp_ratio=config.mlp_ratio,
                 qkv_bias=config.qkv_bias,
-                drop_path=rate,
                 act_layer=nn.GELU,
                 norm_layer=_layer_norm(config.layer_norm_eps),
-            )
-            for rate in rates
+            ),
         )
-        for block in self.blocks:
-            block.attn.fused_attn = config.fused_attention
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.head = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         reference = self.config.init_scheme == "reference"
