@@ -19,15 +19,15 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback, TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_trainer import StepTimer  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 from sigreg_hf import SIGRegConfig, SIGRegTrainer, SIGRegulariser  # noqa: E402
@@ -59,19 +59,6 @@ class SelectingRegulariser(SIGRegulariser):
 
     def _pool(self, outputs: Any, attention_mask: torch.Tensor | None, *, keep_padding: bool):
         return super()._pool(outputs, attention_mask, keep_padding=False)
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, None, None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if state.global_step == self.warmup:
-            self.start = time.perf_counter()
-        elif state.global_step == state.max_steps:
-            self.end = time.perf_counter()
 
 
 def run_variant(variant: str, padding: float, opts: argparse.Namespace, out: str) -> float:

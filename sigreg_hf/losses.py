@@ -173,9 +173,8 @@ def global_sample_counts(
     values = [int(c) for c in counts]
     if not values or not _use_distributed(distributed):
         return values
-    packed = torch.tensor(values, dtype=torch.int64, device=device)
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    return [int(v) for v in packed.tolist()]
+    summed = global_sample_counts_on_device(values, device=device if device is not None else "cpu", distributed=True)
+    return [int(v) for v in summed.tolist()]
 
 
 def global_sample_counts_on_device(

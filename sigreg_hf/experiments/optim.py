@@ -289,4 +289,3 @@ def updates_per_epoch(
     batches = num_examples // global_batch if drop_last else math.ceil(num_examples / global_batch)
     steps = batches // gradient_accumulation_steps + int(batches % gradient_accumulation_steps > 0)
     return max(1, steps)
-
