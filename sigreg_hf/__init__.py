@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from sigreg_hf.losses import SIGRegLoss, draw_projection, draw_sketch, sigreg_strong, sigreg_weak
+from sigreg_hf.probes import probe_model, representation_stats
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __all__ = [
     "SIGRegLoss",
     "draw_projection",
     "draw_sketch",
+    "probe_model",
+    "representation_stats",
     "sigreg_strong",
     "sigreg_weak",
     *_LAZY,
